@@ -1,0 +1,121 @@
+"""Projection heads of the CD and CDC models, in pure torch.
+
+CD stacks three parts, f -> g -> h (algorithms.md A.3): the backbone f, the instance
+projector g whose output feeds the instance loss, and the feature predictor h that is
+applied to g's raw output (not to the backbone) and ends in BatchNorm + sigmoid.
+CDC has a single MLP head whose output is split into a cluster part and an instance
+part by the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["CDCProjectionHead", "FeaturePredictor", "InstanceProjector"]
+
+
+class InstanceProjector(nn.Sequential):
+    """CD's instance projector g: Linear(no bias) - BN - ReLU - Linear.
+
+    Parameters
+    ----------
+    input_dim : int
+        Backbone output dimension (rep_dim).
+    output_dim : int, default=128
+        Projection dimension (``hidden_dim`` of the reference code).
+    hidden_dim : int, optional
+        Width of the hidden layer; the reference uses ``input_dim``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> InstanceProjector(32, 8)(torch.randn(4, 32)).shape
+    torch.Size([4, 8])
+    """
+
+    def __init__(
+        self, input_dim: int, output_dim: int = 128, hidden_dim: int | None = None
+    ) -> None:
+        hidden_dim = hidden_dim or input_dim
+        super().__init__(
+            nn.Linear(input_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, output_dim),
+        )
+
+
+class FeaturePredictor(nn.Sequential):
+    """CD's feature predictor h: K sigmoid feature heads on top of g's output.
+
+    Linear(no bias) - BN - ReLU - Linear(no bias) - BN(K) - Sigmoid, as in the
+    reference code: the affine BatchNorm right before the sigmoid keeps every head
+    centred near 0.5 on the batch, which the entropy term rewards.
+
+    Parameters
+    ----------
+    input_dim : int
+        Dimension of the instance projection z.
+    n_heads : int, default=128
+        K, the number of feature heads.
+    hidden_dim : int, default=512
+        Width of the hidden layer (rep_dim in the reference code).
+
+    Examples
+    --------
+    >>> import torch
+    >>> out = FeaturePredictor(8, n_heads=5, hidden_dim=16)(torch.randn(4, 8))
+    >>> out.shape, bool(((out > 0) & (out < 1)).all())
+    (torch.Size([4, 5]), True)
+    """
+
+    def __init__(self, input_dim: int, n_heads: int = 128, hidden_dim: int = 512) -> None:
+        super().__init__(
+            nn.Linear(input_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, n_heads, bias=False),
+            nn.BatchNorm1d(n_heads),
+            nn.Sigmoid(),
+        )
+
+
+class CDCProjectionHead(nn.Sequential):
+    """CDC's MLP projection head: Linear(no bias) - BN - ReLU - Linear(K + C).
+
+    The first ``n_clusters`` outputs are the cluster logits z^c, the remaining
+    ``instance_dim`` the instance part z^n (both normalised later, in the loss and at
+    inference). The paper uses the SimCLR/MoCo v2 two-layer head (lightly's
+    SimCLRProjectionHead for the small datasets).
+
+    Parameters
+    ----------
+    input_dim : int
+    n_clusters : int
+    instance_dim : int, default=128
+    hidden_dim : int, optional
+        Defaults to ``input_dim``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> CDCProjectionHead(32, n_clusters=3, instance_dim=8)(torch.randn(4, 32)).shape
+    torch.Size([4, 11])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_clusters: int,
+        instance_dim: int = 128,
+        hidden_dim: int | None = None,
+    ) -> None:
+        hidden_dim = hidden_dim or input_dim
+        super().__init__(
+            nn.Linear(input_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, n_clusters + instance_dim),
+        )
+

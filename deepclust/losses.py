@@ -1,0 +1,420 @@
+"""Loss functions of Contrastive Disentangling (CD) and CDC, in pure torch.
+
+Every loss works for any batch size: the NT-Xent masks are built from the batch at
+hand, so training needs no ``drop_last`` (the reference CD code precomputes a mask for
+a fixed batch size). Similarity logits, entropies and Sinkhorn-Knopp are computed in
+float32 even under bf16 autocast, because exp/log of low-precision logits loses the
+small differences the losses are made of.
+
+References
+----------
+.. [1] Jiang, "Contrastive Disentangling: Fine-grained representation learning through
+   multi-level contrastive learning without class priors", arXiv:2409.04867, 2024.
+.. [2] Ding et al., "Contrastive Representation Disentanglement for Clustering",
+   arXiv:2306.05439, 2023.
+.. [3] Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
+   Assignments" (SwAV), NeurIPS 2020.
+.. [4] Van Gansbeke et al., "SCAN: Learning to Classify Images without Labels",
+   ECCV 2020.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BinaryEntropy",
+    "CDCLoss",
+    "CDLoss",
+    "ConfidenceBasedCE",
+    "FeatureContrastiveLoss",
+    "InstanceContrastiveLoss",
+    "binary_entropy",
+    "nt_xent",
+    "sinkhorn",
+    "split_projection",
+]
+
+
+def _check_temperature(value: float, name: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+def nt_xent(
+    rows_a: torch.Tensor,
+    rows_b: torch.Tensor,
+    temperature: float,
+    *,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """NT-Xent over two aligned sets of rows (CD Eq. 1-4 and 5-8).
+
+    The 2M rows ``cat([rows_a, rows_b])`` are the anchors; the positive of row i is
+    the same index in the other set, and the remaining 2M - 2 rows are negatives.
+
+    Parameters
+    ----------
+    rows_a, rows_b : Tensor of shape (M, D)
+        Two views of the same M items.
+    temperature : float
+        Softmax temperature tau.
+    normalize : bool, default=True
+        L2-normalise the rows first, so logits are cosine similarities (Eq. 2, 6).
+        CDC passes ``False`` because it normalises its two parts separately.
+
+    Returns
+    -------
+    Tensor
+        Scalar mean loss over the 2M anchors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.eye(4)
+    >>> round(float(nt_xent(a, a, temperature=0.5)), 4)
+    0.5944
+    """
+    with torch.autocast(device_type=rows_a.device.type, enabled=False):
+        rows = torch.cat([rows_a, rows_b], dim=0).float()
+        if normalize:
+            rows = F.normalize(rows, dim=1)
+        n_items = rows_a.shape[0]
+        logits = rows @ rows.T / temperature
+        # Excluding self-similarity with -inf keeps exactly the k != i terms of Eq. 3.
+        self_mask = torch.eye(2 * n_items, dtype=torch.bool, device=rows.device)
+        logits = logits.masked_fill(self_mask, float("-inf"))
+        index = torch.arange(n_items, device=rows.device)
+        positives = torch.cat([index + n_items, index])
+        return F.cross_entropy(logits, positives)
+
+
+class InstanceContrastiveLoss(nn.Module):
+    """Instance-level NT-Xent of CD (Eq. 1-4) on projector outputs.
+
+    Parameters
+    ----------
+    temperature : float, default=0.5
+        tau_inst of the paper.
+    """
+
+    def __init__(self, temperature: float = 0.5) -> None:
+        super().__init__()
+        self.temperature = _check_temperature(temperature, "temperature")
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """Loss between projections ``z1``, ``z2`` of shape (N, d)."""
+        return nt_xent(z1, z2, self.temperature)
+
+
+class FeatureContrastiveLoss(nn.Module):
+    """Feature-level NT-Xent of CD (Eq. 5-8): heads are the contrasted items.
+
+    The head activations of each view, (N, K), are transposed so that the 2K rows
+    are heads described by their activations over the batch.
+
+    Parameters
+    ----------
+    temperature : float, default=1.0
+        tau_feat of the paper.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = _check_temperature(temperature, "temperature")
+
+    def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        """Loss between head activations ``y1``, ``y2`` of shape (N, K)."""
+        return nt_xent(y1.T, y2.T, self.temperature)
+
+
+def binary_entropy(probabilities: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Normalised binary entropy (CD Eq. 9-10), averaged over all entries.
+
+    Computed as in the reference code: ``-p log(p + eps) - (1 - p) log(1 - p + eps)``
+    in nats, divided by ln 2 so that the maximum (all p = 0.5) is 1. The mean over
+    all (head, sample) entries equals Eq. 10's mean over heads of Eq. 9.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(binary_entropy(torch.full((3, 4), 0.5)))
+    1.0
+    """
+    with torch.autocast(device_type=probabilities.device.type, enabled=False):
+        p = probabilities.float()
+        entropy = -p * torch.log(p + eps) - (1 - p) * torch.log(1 - p + eps)
+        return entropy.mean() / math.log(2)
+
+
+class BinaryEntropy(nn.Module):
+    """Module form of :func:`binary_entropy` over both views' head activations."""
+
+    def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        """Mean normalised entropy of the stacked (2K, N) activation matrix."""
+        return binary_entropy(torch.cat([y1, y2], dim=0))
+
+
+class CDLoss(nn.Module):
+    """Total CD loss: L_inst + L_feat - alpha * L_entropy (CD Eq. 12).
+
+    The loss can be negative because the entropy term (at most 1) is subtracted.
+
+    Parameters
+    ----------
+    instance_temperature : float, default=0.5
+    feature_temperature : float, default=1.0
+    entropy_weight : float, default=1.0
+        alpha; the reference code hard-codes 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = CDLoss()
+    >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+    >>> y1, y2 = torch.rand(8, 4), torch.rand(8, 4)
+    >>> total, parts = loss(z1, z2, y1, y2)
+    >>> sorted(parts)
+    ['entropy', 'feature', 'instance']
+    """
+
+    def __init__(
+        self,
+        instance_temperature: float = 0.5,
+        feature_temperature: float = 1.0,
+        entropy_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.instance_loss = InstanceContrastiveLoss(instance_temperature)
+        self.feature_loss = FeatureContrastiveLoss(feature_temperature)
+        self.entropy = BinaryEntropy()
+        self.entropy_weight = float(entropy_weight)
+
+    def forward(
+        self, z1: torch.Tensor, z2: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the total loss and its detached parts."""
+        instance = self.instance_loss(z1, z2)
+        feature = self.feature_loss(y1, y2)
+        entropy = self.entropy(y1, y2)
+        total = instance + feature - self.entropy_weight * entropy
+        parts = {"instance": instance, "feature": feature, "entropy": entropy}
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+def split_projection(
+    projection: torch.Tensor, n_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CDC's cluster part z^c (first ``n_clusters`` columns) and instance part z^n.
+
+    Each part is L2-normalised on its own, so that s^c and s^n are both cosines
+    bounded in [-1, 1] (the paper's training diverges without this normalisation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> zc, zn = split_projection(torch.randn(4, 3 + 5), 3)
+    >>> zc.shape, zn.shape
+    (torch.Size([4, 3]), torch.Size([4, 5]))
+    """
+    projection = projection.float()
+    return (
+        F.normalize(projection[:, :n_clusters], dim=1),
+        F.normalize(projection[:, n_clusters:], dim=1),
+    )
+
+
+@torch.no_grad()
+def sinkhorn(
+    scores: torch.Tensor, epsilon: float = 0.05, n_iterations: int = 3
+) -> torch.Tensor:
+    """Equipartition soft assignments by Sinkhorn-Knopp (SwAV form, log domain).
+
+    Solves CDC Eq. 6 for a batch: Q = Diag(u) exp(scores / epsilon) Diag(v) with
+    every cluster receiving 1/K of the mass and every sample 1/B. The iterations are
+    SwAV's (normalise rows, then columns, ``n_iterations`` times), run on log Q with
+    ``logsumexp`` so that any finite input scale stays finite (SwAV exponentiates
+    directly, which overflows for unbounded logits). Works for any B, also B < K.
+
+    Parameters
+    ----------
+    scores : Tensor of shape (B, K)
+        Cluster scores of B samples; treated as constants (no gradient).
+    epsilon : float, default=0.05
+        Entropic regularisation; smaller means harder assignments.
+    n_iterations : int, default=3
+
+    Returns
+    -------
+    Tensor of shape (B, K)
+        Soft codes; each row sums to 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = sinkhorn(torch.randn(6, 3))
+    >>> torch.allclose(q.sum(dim=1), torch.ones(6))
+    True
+    """
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}.")
+    _check_temperature(epsilon, "epsilon")
+    with torch.autocast(device_type=scores.device.type, enabled=False):
+        n_samples, n_clusters = scores.shape
+        log_q = scores.detach().float().T / epsilon  # (K, B)
+        log_q = log_q - torch.logsumexp(log_q.reshape(-1), dim=0)
+        for _ in range(n_iterations):
+            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+            log_q = log_q - math.log(n_clusters)
+            log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
+            log_q = log_q - math.log(n_samples)
+        return (log_q + math.log(n_samples)).exp().T
+
+
+class CDCLoss(nn.Module):
+    """CDC objective: InfoNCE on [z^c, z^n] + alpha * CE(Sinkhorn codes, softmax(z^c/t)).
+
+    The projection's first ``n_clusters`` columns are the cluster part z^c, the rest
+    the instance part z^n; each is L2-normalised separately and the concatenation is
+    **not** re-normalised, so the similarity is s = s^c + s^n and
+    exp(s/tau) = exp(s^c/tau) * exp(s^n/tau): the factorisation behind CDC Eq. 2-3,
+    where exp((s^c_ik - s^c_ii)/tau) acts as a learnt weight on each negative.
+    Re-normalising would halve both similarities (s/2) and so silently double tau.
+
+    Parameters
+    ----------
+    n_clusters : int
+    temperature : float, default=0.15
+        tau of the InfoNCE term (0.4 for ImageNet-style settings in the paper).
+    cluster_temperature : float, default=0.1
+        t in softmax(z^c / t).
+    cluster_weight : float, default=5.0
+        alpha.
+    sinkhorn_epsilon : float, default=0.05
+    sinkhorn_iterations : int, default=3
+    swapped : bool, default=True
+        Use view 1's codes as targets for view 2's predictions and vice versa
+        (SwAV's swapped prediction); ``False`` uses each view's own codes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = CDCLoss(n_clusters=3)
+    >>> total, parts = loss(torch.randn(8, 3 + 5), torch.randn(8, 3 + 5))
+    >>> sorted(parts)
+    ['cluster', 'instance']
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        temperature: float = 0.15,
+        cluster_temperature: float = 0.1,
+        cluster_weight: float = 5.0,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        swapped: bool = True,
+    ) -> None:
+        super().__init__()
+        self.n_clusters = int(n_clusters)
+        self.temperature = _check_temperature(temperature, "temperature")
+        self.cluster_temperature = _check_temperature(
+            cluster_temperature, "cluster_temperature"
+        )
+        self.cluster_weight = float(cluster_weight)
+        self.sinkhorn_epsilon = float(sinkhorn_epsilon)
+        self.sinkhorn_iterations = int(sinkhorn_iterations)
+        self.swapped = bool(swapped)
+
+    def cluster_cross_entropy(
+        self, z_cluster: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
+        """CDC Eq. 7: -sum_k q_k log softmax(z^c / t)_k, averaged over samples."""
+        log_p = F.log_softmax(z_cluster / self.cluster_temperature, dim=1)
+        return -(codes * log_p).sum(dim=1).mean()
+
+    def forward(
+        self, projection1: torch.Tensor, projection2: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the total loss and its detached parts for two (B, K + C) views."""
+        with torch.autocast(device_type=projection1.device.type, enabled=False):
+            zc1, zn1 = split_projection(projection1, self.n_clusters)
+            zc2, zn2 = split_projection(projection2, self.n_clusters)
+            instance = nt_xent(
+                torch.cat([zc1, zn1], dim=1),
+                torch.cat([zc2, zn2], dim=1),
+                self.temperature,
+                normalize=False,
+            )
+            codes1 = sinkhorn(zc1, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+            codes2 = sinkhorn(zc2, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+            if self.swapped:
+                codes1, codes2 = codes2, codes1
+            cluster = 0.5 * (
+                self.cluster_cross_entropy(zc1, codes1)
+                + self.cluster_cross_entropy(zc2, codes2)
+            )
+            total = instance + self.cluster_weight * cluster
+        return total, {"instance": instance.detach(), "cluster": cluster.detach()}
+
+
+class ConfidenceBasedCE(nn.Module):
+    """SCAN's self-labelling loss: class-balanced CE on confident pseudo-labels.
+
+    Samples whose weak-view probability exceeds ``threshold`` (strictly) get their
+    argmax as a pseudo-label; the strong view's logits are trained towards it, with
+    class weights n / count_c over the confident samples (classes absent from them
+    keep weight 1). A batch without confident samples returns ``None`` so that the
+    caller can skip it (SCAN raises an exception instead).
+
+    Parameters
+    ----------
+    threshold : float, default=0.99
+    balance_classes : bool, default=True
+
+    Examples
+    --------
+    >>> import torch
+    >>> weak = torch.tensor([[10.0, 0.0], [0.0, 0.1]])
+    >>> strong = torch.zeros(2, 2)
+    >>> round(float(ConfidenceBasedCE()(weak, strong)), 4)
+    0.6931
+    """
+
+    def __init__(self, threshold: float = 0.99, balance_classes: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold!r}.")
+        self.threshold = float(threshold)
+        self.balance_classes = bool(balance_classes)
+
+    def targets(
+        self, weak_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pseudo-labels, confidence mask and class weights from weak-view logits."""
+        with torch.no_grad():
+            probabilities = F.softmax(weak_logits.detach().float(), dim=1)
+            confidence, labels = probabilities.max(dim=1)
+            mask = confidence > self.threshold
+            weights = torch.ones(weak_logits.shape[1], device=weak_logits.device)
+            if self.balance_classes and mask.any():
+                classes, counts = labels[mask].unique(return_counts=True)
+                weights[classes] = mask.sum() / counts.float()
+        return labels, mask, weights
+
+    def forward(
+        self, weak_logits: torch.Tensor, strong_logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Weighted mean CE over confident samples, or ``None`` if there are none."""
+        labels, mask, weights = self.targets(weak_logits)
+        if not mask.any():
+            return None
+        with torch.autocast(device_type=strong_logits.device.type, enabled=False):
+            return F.cross_entropy(
+                strong_logits[mask].float(), labels[mask], weight=weights
+            )

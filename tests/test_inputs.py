@@ -1,0 +1,521 @@
+"""Testing for input validation and batched reading (deepclust._inputs)."""
+
+import io
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from deepclust._inputs import (
+    CorruptImageError,
+    ImageInput,
+    InputError,
+    TabularInput,
+    check_matches,
+    check_min_samples,
+    image_files_in,
+    iter_batches,
+    read_input,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+rng = np.random.RandomState(0)
+RGB_NHWC = rng.randint(0, 256, size=(4, 5, 6, 3)).astype(np.uint8)
+
+
+def _save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def _png_bytes(array, fmt="PNG"):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Accepted inputs
+# ---------------------------------------------------------------------------
+
+
+def test_nhwc_uint8_array():
+    # Check that a uint8 NHWC array is read as uint8 NCHW with the same values.
+    inp = read_input(RGB_NHWC)
+    assert isinstance(inp, ImageInput)
+    assert (inp.n_samples, inp.channels, inp.size) == (4, 3, (5, 6))
+    assert inp.dtype == np.uint8
+    assert inp.source_shape == (3, 5, 6)
+    batch = inp.read([2, 0])
+    assert batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch, RGB_NHWC[[2, 0]].transpose(0, 3, 1, 2))
+
+
+def test_nchw_float_array():
+    # Check that a float64 NCHW array is read as float32 raw values, not rescaled.
+    X = rng.uniform(-5, 300, size=(3, 3, 4, 7))
+    inp = read_input(X)
+    assert (inp.n_samples, inp.channels, inp.size) == (3, 3, (4, 7))
+    assert inp.dtype == np.float32
+    assert inp.source_shape == (3, 4, 7)
+    np.testing.assert_allclose(inp.materialize(), X.astype(np.float32))
+
+
+def test_grayscale_3d_int_array():
+    # Check that an (N, H, W) int16 array gives 1-channel float32 images.
+    X = rng.randint(-1000, 1000, size=(5, 4, 3)).astype(np.int16)
+    inp = read_input(X)
+    assert (inp.channels, inp.size, inp.dtype) == (1, (4, 3), np.float32)
+    assert inp.source_shape == (1, 4, 3)
+    np.testing.assert_array_equal(inp.read(slice(1, 3)), X[1:3, None])
+
+
+@pytest.mark.parametrize(
+    "dtype, channels_last", [(np.uint8, True), (np.float32, False)]
+)
+def test_ambiguous_layout_follows_dtype(dtype, channels_last):
+    # Check that an (N, 3, H, 3) array is NHWC for uint8 and NCHW for floats.
+    X = np.arange(2 * 3 * 5 * 3).reshape(2, 3, 5, 3).astype(dtype)
+    inp = read_input(X)
+    assert inp.channels_last is channels_last
+    assert inp.size == ((3, 5) if channels_last else (5, 3))
+
+
+def test_explicit_data_format():
+    # Check that data_format overrides the automatic layout choice.
+    X = np.zeros((2, 3, 4, 3), dtype=np.uint8)
+    assert read_input(X, data_format="channels_first").size == (4, 3)
+    assert read_input(X, data_format="channels_last").size == (3, 4)
+
+
+def test_tabular_inputs():
+    # Check that 2-D arrays and nested lists are tabular float32 data.
+    inp = read_input(np.arange(12).reshape(4, 3))
+    assert isinstance(inp, TabularInput)
+    assert (inp.n_samples, inp.n_features) == (4, 3)
+    assert inp.data.dtype == np.float32
+    from_list = read_input([[1, 2.5], [3, 4]])
+    np.testing.assert_array_equal(from_list.data, [[1, 2.5], [3, 4]])
+    object_numbers = read_input(np.array([[1, 2.0]], dtype=object))
+    assert object_numbers.data.dtype == np.float32
+    with pytest.raises(InputError, match="2-D tabular data"):
+        read_input(np.ones((3, 2)), allow_tabular=False)
+
+
+def test_npy_memmap_is_read_lazily(tmp_path):
+    # Check that a .npy path stays a memmap and is read batch by batch.
+    path = tmp_path / "images.npy"
+    np.save(path, RGB_NHWC)
+    inp = read_input(path)
+    assert isinstance(inp.array, np.memmap)
+    assert inp.source_shape == (3, 5, 6)
+    np.testing.assert_array_equal(inp.read([3]), RGB_NHWC[[3]].transpose(0, 3, 1, 2))
+    floats = tmp_path / "floats.npy"
+    np.save(floats, rng.uniform(size=(3, 1, 4, 4)).astype(np.float32))
+    assert isinstance(read_input(str(floats)).array, np.memmap)
+
+
+def test_list_of_pil_images():
+    # Check PIL lists: all "L" gives 1 channel, a gray/RGB mix gives 3.
+    gray = Image.fromarray(RGB_NHWC[0, :, :, 0])
+    color = Image.fromarray(RGB_NHWC[1])
+    only_gray = read_input([gray, gray])
+    assert (only_gray.channels, only_gray.size, only_gray.dtype) == (1, (5, 6), np.uint8)
+    assert only_gray.source_shape is None
+    mixed = read_input([gray, color])
+    assert mixed.channels == 3
+    batch = mixed.read([0, 1])
+    np.testing.assert_array_equal(batch[0], np.repeat(RGB_NHWC[None, 0, :, :, 0], 3, 0))
+    np.testing.assert_array_equal(batch[1], RGB_NHWC[1].transpose(2, 0, 1))
+
+
+def test_list_of_paths_and_directory(tmp_path):
+    # Check that paths and folders (recursive, sorted, any-case suffix) are read.
+    b = _save(tmp_path / "b.PNG", RGB_NHWC[1])
+    a = _save(tmp_path / "sub" / "a.png", RGB_NHWC[0])
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert image_files_in(tmp_path) == sorted([a, b])
+    from_dir = read_input(tmp_path)
+    assert from_dir.paths == sorted([a, b])
+    assert (from_dir.n_samples, from_dir.channels, from_dir.dtype) == (2, 3, np.uint8)
+    from_list = read_input([a, Path(b)])
+    expected = RGB_NHWC[:2].transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(from_list.materialize(), expected)
+    single = read_input(a)
+    np.testing.assert_array_equal(single.read([0]), expected[:1])
+
+
+def test_files_cache_and_lazy_decoding(tmp_path):
+    # Check that cached files need no decoding later while uncached ones do.
+    paths = [_save(tmp_path / f"{i}.png", RGB_NHWC[i]) for i in range(3)]
+    cached = read_input(paths)
+    uncached = read_input(paths, cache_bytes=0)
+    np.testing.assert_array_equal(cached.materialize(), uncached.materialize())
+    for path in paths:
+        Path(path).unlink()
+    np.testing.assert_array_equal(cached.read([1]), RGB_NHWC[[1]].transpose(0, 3, 1, 2))
+    with pytest.raises(CorruptImageError, match="0.png"):
+        uncached.read([0])
+
+
+def test_16_bit_png_is_rescaled(tmp_path):
+    # Check that a 16-bit grayscale PNG is scaled to 8 bits, not clipped at 255.
+    path = _save(tmp_path / "deep.png", np.array([[0, 257 * 128, 65535]], np.uint16))
+    inp = read_input(path)
+    assert inp.channels == 1
+    np.testing.assert_array_equal(inp.read([0]), [[[[0, 128, 255]]]])
+
+
+def test_list_of_arrays():
+    # Check that per-image arrays (H, W) and (H, W, C) are stacked as NCHW.
+    gray = RGB_NHWC[0, :, :, 0]
+    inp = read_input([gray, RGB_NHWC[1]])
+    assert (inp.channels, inp.size, inp.dtype) == (3, (5, 6), np.uint8)
+    np.testing.assert_array_equal(inp.read([1])[0], RGB_NHWC[1].transpose(2, 0, 1))
+    mixed_dtypes = read_input([gray, gray.astype(np.float64)])
+    assert (mixed_dtypes.channels, mixed_dtypes.dtype) == (1, np.float32)
+
+
+def test_resizing_matches_pil():
+    # Check that arrays, PIL images and files are resized with PIL bilinear.
+    expected = np.asarray(Image.fromarray(RGB_NHWC[0]).resize((3, 2), Image.BILINEAR))
+    from_array = read_input(RGB_NHWC, image_size=(2, 3))
+    assert from_array.size == (2, 3)
+    assert from_array.source_shape == (3, 5, 6)
+    np.testing.assert_array_equal(from_array.read([0])[0], expected.transpose(2, 0, 1))
+    from_pil = read_input([Image.fromarray(RGB_NHWC[0])], image_size=(2, 3))
+    np.testing.assert_array_equal(from_pil.read([0])[0], expected.transpose(2, 0, 1))
+    floats = rng.uniform(size=(1, 1, 5, 6)).astype(np.float32)
+    resized = read_input(floats, image_size=4).read([0])
+    expected_float = np.asarray(Image.fromarray(floats[0, 0]).resize((4, 4), Image.BILINEAR))
+    np.testing.assert_allclose(resized[0, 0], expected_float)
+    sizes_differ = [Image.new("L", (5, 4)), Image.new("RGB", (7, 9))]
+    assert read_input(sizes_differ, image_size=(3, 3)).materialize().shape == (2, 3, 3, 3)
+
+
+def test_channels_forcing():
+    # Check that channels=1 uses PIL's luma and channels=3 replicates gray.
+    expected_gray = np.asarray(Image.fromarray(RGB_NHWC[2]).convert("L"))
+    from_array = read_input(RGB_NHWC, channels=1)
+    assert from_array.channels == 1
+    assert from_array.source_shape == (3, 5, 6)
+    np.testing.assert_array_equal(from_array.read([2])[0, 0], expected_gray)
+    from_pil = read_input([Image.fromarray(RGB_NHWC[2])], channels=1)
+    np.testing.assert_array_equal(from_pil.read([0])[0, 0], expected_gray)
+    gray = read_input(RGB_NHWC[..., 0], channels=3).read([0])
+    np.testing.assert_array_equal(gray[0], np.repeat(RGB_NHWC[None, 0, ..., 0], 3, 0))
+    float_gray = read_input(RGB_NHWC.astype(np.float32), channels=1).read([2])
+    np.testing.assert_allclose(float_gray[0, 0], expected_gray, atol=0.5)
+
+
+def test_materialize_nbytes_and_iter_batches():
+    # Check nbytes, materialize and the batches yielded by iter_batches.
+    inp = read_input(RGB_NHWC)
+    assert inp.nbytes == RGB_NHWC.nbytes == inp.materialize().nbytes
+    batches = list(iter_batches(inp, 3))
+    assert [(start, batch.shape[0]) for start, batch in batches] == [(0, 3), (3, 1)]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in batches]), inp.materialize())
+    tabular = read_input(np.ones((5, 2)))
+    assert [start for start, _ in iter_batches(tabular, 2)] == [0, 2, 4]
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter_batches(tabular, 0))
+
+
+# ---------------------------------------------------------------------------
+# Invalid inputs
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values(bad_value):
+    # Check that NaN/inf raise and the message counts them.
+    X = np.ones((4, 3))
+    X[0, 0] = X[2, 1] = bad_value
+    with pytest.raises(InputError, match=r"2 non-finite value\(s\) \(NaN or inf\)"):
+        read_input(X)
+    with pytest.raises(InputError, match="non-finite"):
+        read_input(np.where(np.ones((2, 1, 4, 4)) > 0, bad_value, 0.0))
+
+
+def test_values_beyond_float32():
+    # Check that float64 values that would overflow float32 are rejected.
+    with pytest.raises(InputError, match="float32 range"):
+        read_input(np.array([[1e300, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    "X", [[], (), np.empty((0, 3)), np.empty((0, 4, 4)), np.empty(0)]
+)
+def test_empty(X):
+    # Check that empty inputs raise "X is empty".
+    with pytest.raises(InputError, match="X is empty"):
+        read_input(X)
+
+
+def test_zero_features():
+    # Check scikit-learn's wording for arrays without features.
+    with pytest.raises(InputError, match=r"0 feature\(s\) \(shape=\(3, 0\)\)"):
+        read_input(np.empty((3, 0)))
+
+
+def test_wrong_ndim():
+    # Check that 0-D, 1-D and 5-D arrays raise with the ndim in the message.
+    with pytest.raises(InputError, match="1-D.*Reshape your data"):
+        read_input(np.arange(3.0))
+    with pytest.raises(InputError, match="5 dimensions.*accepted are 2"):
+        read_input(np.zeros((2, 3, 4, 4, 3)))
+    with pytest.raises(InputError, match="0-dimensional"):
+        read_input(3.0)
+
+
+def test_four_channels():
+    # Check that RGBA arrays are rejected with the hint to drop alpha.
+    with pytest.raises(InputError, match=r"RGBA/4-channel.*\[\.\.\., :3\]"):
+        read_input(np.zeros((2, 5, 5, 4), dtype=np.uint8))
+    with pytest.raises(InputError, match="RGBA"):
+        read_input(np.zeros((2, 4, 5, 5)), data_format="channels_first")
+
+
+def test_two_channels():
+    # Check that 2-channel arrays are rejected naming the supported counts.
+    with pytest.raises(InputError, match=r"1 \(grayscale\) or 3 \(RGB\)"):
+        read_input(np.zeros((2, 5, 5, 2), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"2 channels.*'channels_last'"):
+        read_input(np.zeros((2, 3, 5, 2)), data_format="channels_last")
+    with pytest.raises(InputError, match=r"X\[1\] .* 1 \(grayscale\) or 3"):
+        read_input([np.zeros((5, 5)), np.zeros((5, 5, 2))])
+
+
+def test_mixed_image_sizes(tmp_path):
+    # Check that images of different sizes need image_size.
+    images = [Image.new("L", (4, 5)), Image.new("L", (6, 7)), Image.new("L", (4, 5))]
+    with pytest.raises(InputError, match=r"different sizes.*5x4, 7x6.*image_size"):
+        read_input(images)
+    paths = [_save(tmp_path / "a.png", np.zeros((3, 3), np.uint8)),
+             _save(tmp_path / "b.png", np.zeros((4, 3), np.uint8))]  # fmt: skip
+    with pytest.raises(InputError, match="different sizes"):
+        read_input(tmp_path)
+    with pytest.raises(InputError, match="different sizes"):
+        read_input([np.zeros((3, 3)), np.zeros((4, 3))])
+    assert read_input(paths, image_size=3).size == (3, 3)
+
+
+def test_mixed_kinds(tmp_path):
+    # Check that lists mixing kinds of items name the kinds found.
+    path = _save(tmp_path / "a.png", np.zeros((3, 3), np.uint8))
+    with pytest.raises(InputError, match="PIL images, paths.*one kind"):
+        read_input([Image.new("L", (3, 3)), path])
+    with pytest.raises(InputError, match="image arrays, numbers"):
+        read_input([np.zeros((3, 3)), [1, 2]])
+
+
+def test_non_existent_paths(tmp_path):
+    # Check that missing paths are named, up to 10 of them.
+    with pytest.raises(InputError, match="does not exist"):
+        read_input(str(tmp_path / "nope"))
+    missing = [str(tmp_path / f"missing{i}.png") for i in range(12)]
+    with pytest.raises(InputError, match=r"12 path\(s\).*missing9.png' and 2 more"):
+        read_input(missing)
+
+
+def test_directory_without_images(tmp_path):
+    # Check that a folder without image files is reported.
+    (tmp_path / "readme.txt").write_text("hello")
+    with pytest.raises(InputError, match="contains no image files"):
+        read_input(tmp_path)
+
+
+def test_unsupported_files(tmp_path):
+    # Check that non-image files and broken .npy files raise InputError.
+    text = tmp_path / "data.txt"
+    text.write_text("1 2 3")
+    with pytest.raises(InputError, match="neither a .npy array nor an image"):
+        read_input(text)
+    broken = tmp_path / "broken.npy"
+    broken.write_bytes(b"not numpy")
+    with pytest.raises(InputError, match="could not be loaded as a .npy"):
+        read_input(broken)
+
+
+def _write_bad_files(tmp_path):
+    noise = rng.randint(0, 256, size=(32, 32, 3)).astype(np.uint8)
+    good = _save(tmp_path / "good.png", noise)
+    corrupt = tmp_path / "x.png"
+    corrupt.write_bytes(rng.bytes(300))
+    png = _png_bytes(noise)
+    truncated_png = tmp_path / "half.png"
+    truncated_png.write_bytes(png[: len(png) // 2])
+    jpeg = _png_bytes(noise, fmt="JPEG")
+    truncated_jpeg = tmp_path / "half.jpg"
+    truncated_jpeg.write_bytes(jpeg[: len(jpeg) // 2])
+    return good, [str(corrupt), str(truncated_png), str(truncated_jpeg)]
+
+
+def test_corrupt_files_raise(tmp_path):
+    # Check that corrupt and truncated files raise, naming each file.
+    good, bad = _write_bad_files(tmp_path)
+    for path in bad:
+        with pytest.raises(CorruptImageError, match=Path(path).name) as info:
+            read_input([good, path])
+        assert info.value.paths == [path]
+    with pytest.raises(CorruptImageError, match="3 image file") as info:
+        read_input(tmp_path)
+    assert sorted(info.value.paths) == sorted(bad)
+
+
+def test_corrupt_files_skipped(tmp_path):
+    # Check that on_error="skip" warns with the files and keeps the good ones.
+    good, bad = _write_bad_files(tmp_path)
+    with pytest.warns(UserWarning, match="Skipped 3 image file") as record:
+        inp = read_input([bad[0], good, bad[1], bad[2]], on_error="skip")
+    message = str(record[0].message)
+    assert all(path in message for path in bad)
+    assert inp.paths == [good]
+    np.testing.assert_array_equal(inp.kept_indices, [1])
+    assert inp.materialize().shape == (1, 3, 32, 32)
+    with pytest.raises(CorruptImageError, match="no readable image is left"):
+        read_input(bad, on_error="skip")
+
+
+def test_truncated_pil_image(tmp_path):
+    # Check that a lazily opened truncated PIL image fails in read_input.
+    good, bad = _write_bad_files(tmp_path)
+    with Image.open(bad[1]) as truncated, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CorruptImageError, match=r"X\[0\]"):
+            read_input([truncated])
+
+
+@pytest.mark.parametrize(
+    "X, extra",
+    [
+        (np.ones((3, 2), dtype=np.complex64), "Complex data not supported"),
+        (np.array([["a", "b"]], dtype=object), "object"),
+        (np.array([["a", "b"]]), "<U1"),
+        ([["a", "b"]], "<U1"),
+    ],
+)
+def test_non_numeric_dtypes(X, extra):
+    # Check that complex, object and string data raise "non-numeric dtype".
+    with pytest.raises(InputError, match=f"non-numeric dtype.*{extra}|{extra}.*"):
+        read_input(X)
+    with pytest.raises(InputError, match="non-numeric dtype"):
+        read_input(X)
+
+
+def test_object_array_of_non_numbers_is_also_type_error():
+    # Check scikit-learn's expectation: non-numeric objects raise a TypeError.
+    X = np.ones((2, 2), dtype=object)
+    X[0, 0] = {"foo": "bar"}
+    with pytest.raises(TypeError, match="argument must be .* string.* number"):
+        read_input(X)
+
+
+def test_invalid_parameters():
+    # Check that bad parameters raise ValueError naming the parameter.
+    X = np.zeros((2, 4, 4), dtype=np.uint8)
+    for kwargs, param in [
+        ({"image_size": 0}, "image_size"),
+        ({"image_size": (3, 3, 3)}, "image_size"),
+        ({"channels": 2}, "channels"),
+        ({"data_format": "nhwc"}, "data_format"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"cache_bytes": -1}, "cache_bytes"),
+    ]:
+        with pytest.raises(ValueError, match=param):
+            read_input(X, **kwargs)
+
+
+def test_check_matches():
+    # Check each predict-time mismatch and that a match passes.
+    images = read_input(np.zeros((2, 1, 8, 8)))
+    fitted = dict(kind="image", channels=1, size=(8, 8), source_shape=(1, 8, 8))
+    assert check_matches(images, **fitted) is None
+    with pytest.raises(InputError, match="fitted on tabular data"):
+        check_matches(images, kind="tabular", n_features=4)
+    tabular = read_input(np.zeros((2, 5)))
+    with pytest.raises(InputError, match="X has 5 features, but CDC is expecting 4 features as input"):
+        check_matches(tabular, kind="tabular", n_features=4, owner="CDC")
+    with pytest.raises(InputError, match="fitted on image data"):
+        check_matches(tabular, **fitted)
+    with pytest.raises(InputError, match=r"got shape \(1, 9, 8\), expected shape \(1, 8, 8\)"):
+        check_matches(read_input(np.zeros((2, 9, 8))), **fitted)
+    with pytest.raises(InputError, match="3-channel images.*channels=1"):
+        check_matches(read_input([Image.new("RGB", (8, 8))]), **fitted)
+    with pytest.raises(InputError, match=r"size \(H, W\) = \(9, 8\).*image_size"):
+        check_matches(read_input([Image.new("L", (8, 9))]), **fitted)
+    # PIL images resized to the model size are not shape-checked.
+    resized = read_input([Image.new("RGB", (5, 3))], image_size=8, channels=1)
+    assert check_matches(resized, **fitted) is None
+
+
+def test_check_min_samples():
+    # Check that one sample is reported with scikit-learn's "1 sample" wording.
+    inp = read_input(np.ones((1, 3)))
+    with pytest.raises(InputError, match=r"X has 1 sample\(s\) but at least 2 are required \(batch norm"):
+        check_min_samples(inp, 2, what="batch norm needs 2 samples")
+    assert check_min_samples(inp, 1) is None
+
+
+# ---------------------------------------------------------------------------
+# Robustness and import isolation
+# ---------------------------------------------------------------------------
+
+_DTYPES = ["uint8", "int16", "float16", "float32", "float64", "bool", "complex64", "object"]
+
+
+@st.composite
+def _any_array(draw):
+    dtype = np.dtype(draw(st.sampled_from(_DTYPES)))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5))
+    if dtype == object:
+        elements = st.one_of(st.integers(-5, 5), st.floats(), st.text(max_size=2), st.none())
+        return draw(hnp.arrays(dtype, shape, elements=elements))
+    return draw(hnp.arrays(dtype, shape))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_any_array())
+def test_random_arrays_succeed_or_raise_input_error(X):
+    # Check that any shape/dtype either reads correctly or raises InputError.
+    try:
+        inp = read_input(X)
+    except InputError:
+        return
+    batch = inp.materialize()
+    assert batch.shape[0] == X.shape[0]
+    if isinstance(inp, ImageInput):
+        assert batch.shape == (inp.n_samples, inp.channels, *inp.size)
+        assert batch.dtype == inp.dtype
+    else:
+        assert batch.dtype == np.float32
+
+
+def test_module_imports_without_torch_sklearn_onnx():
+    # Check that the module imports and works with torch, sklearn and onnx blocked.
+    code = f"""
+import importlib.util, sys
+for blocked in ("torch", "sklearn", "onnx", "onnxruntime", "skorch"):
+    sys.modules[blocked] = None
+spec = importlib.util.spec_from_file_location(
+    "deepclust_inputs_isolated", {str(REPO_ROOT / "deepclust" / "_inputs.py")!r}
+)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+import numpy as np
+inp = module.read_input(np.zeros((2, 4, 4, 3), dtype=np.uint8), image_size=2)
+print(inp.read([0, 1]).shape)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2, 3, 2, 2)"
