@@ -171,14 +171,18 @@ class ImageInput:
         batch : ndarray of shape (len(indices), channels, height, width)
             C-contiguous, of dtype :attr:`dtype`.
         """
-        positions = np.arange(self.n_samples)[indices]
-        if self._cache is not None:
-            return np.ascontiguousarray(self._cache[positions])
-        if self.source_kind == "array":
-            # A slice reads a contiguous block from a memmap instead of
-            # gathering rows one by one.
-            rows = indices if isinstance(indices, slice) else positions
-            batch = np.asarray(self.array[rows])
+        positions = _positions(indices, self.n_samples)
+        # A slice reads one contiguous block (from a memmap, a single read)
+        # instead of gathering rows one by one.
+        rows = indices if isinstance(indices, slice) else positions
+        source = self._cache if self._cache is not None else self.array
+        if source is not None:
+            batch = source[rows]
+            # Basic slicing gives a view: copy so that the caller never
+            # writes into the user's array or the cache.
+            batch = np.array(batch) if isinstance(rows, slice) else np.asarray(batch)
+            if self._cache is not None:
+                return batch
             if batch.ndim == 3:
                 batch = batch[:, np.newaxis]
             elif self.channels_last:
@@ -896,6 +900,36 @@ def _raise_rgba(image_shape, name):
         f"the alpha channel with {name}[..., :3] (channels last) or {name}[:, :3] "
         "(channels first)."
     )
+
+
+def _positions(indices, n_samples):
+    # Avoid np.arange(n_samples)[indices]: it would allocate n_samples ints on
+    # every batch of a streaming read.
+    if isinstance(indices, slice):
+        return range(n_samples)[indices]
+    positions = np.asarray(indices)
+    if positions.dtype == bool:
+        if positions.shape != (n_samples,):
+            raise IndexError(
+                f"boolean indices must have shape ({n_samples},); got "
+                f"{positions.shape}."
+            )
+        return np.flatnonzero(positions)
+    if positions.ndim != 1 or (positions.size and positions.dtype.kind not in "iu"):
+        raise IndexError(
+            "indices must be a slice or a 1-D array-like of int; got "
+            f"{positions.dtype} array of shape {positions.shape}."
+        )
+    positions = positions.astype(np.intp, copy=False)
+    out_of_range = positions.size and (
+        positions.min() < -n_samples or positions.max() >= n_samples
+    )
+    if out_of_range:
+        raise IndexError(
+            f"indices out of range for {n_samples} sample(s): min "
+            f"{positions.min()}, max {positions.max()}."
+        )
+    return np.where(positions < 0, positions + n_samples, positions)
 
 
 def _output_dtype(dtypes):

@@ -560,7 +560,11 @@ class SimCLRAugment(nn.Module):
         params["jitter_applied"] = draw_bernoulli(self.jitter_p)
         for name in ("brightness", "contrast", "saturation"):
             params[name] = _uniform(
-                max(0.0, 1.0 - factor_range), 1.0 + factor_range, size, device, generator
+                max(0.0, 1.0 - factor_range),
+                1.0 + factor_range,
+                size,
+                device,
+                generator,
             )
         params["hue"] = _uniform(-hue_range, hue_range, size, device, generator)
         params["jitter_order"] = torch.randperm(4, generator=generator, device=device)
@@ -619,7 +623,9 @@ class SimCLRAugment(nn.Module):
         """
         _check_images(x)
         _check_generator(generator, x.device)
-        batch, _, height, width = x.shape
+        batch, channels, height, width = x.shape
+        if batch == 0:  # affine_grid and grouped convs reject an empty batch.
+            return x.new_empty(0, channels, *self.output_size, dtype=torch.float32)
         params = self.sample_params(batch, height, width, x.device, generator)
         # float32 throughout: bf16 would quantise the colour ops and blur kernels.
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -900,6 +906,8 @@ class StrongAugment(nn.Module):
         _check_images(x)
         _check_generator(generator, x.device)
         batch, _, height, width = x.shape
+        if batch == 0:  # affine_grid rejects an empty batch.
+            return x.to(torch.float32)
         params = self.sample_params(batch, height, width, x.device, generator)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = x.to(torch.float32)

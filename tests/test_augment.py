@@ -333,6 +333,14 @@ def test_generator_of_wrong_type_or_device_raises():
         )
 
 
+def test_empty_batch_returns_empty_views():
+    # Check that an empty batch gives an empty float32 batch of the output size.
+    x = torch.rand(0, 3, 16, 16)
+    assert SimCLRAugment(8, blur_p=1.0)(x).shape == (0, 3, 8, 8)
+    assert StrongAugment()(x).shape == (0, 3, 16, 16)
+    assert FeatureAugment()(torch.rand(0, 4)).shape == (0, 4)
+
+
 def test_sample_params_invalid_sizes():
     # Check that sample_params rejects negative or non-integer sizes by name.
     with pytest.raises(ValueError, match="batch_size"):
@@ -415,7 +423,7 @@ def test_strong_single_ops_match_definitions():
 def test_strong_geometric_ops_match_torchvision_affine():
     # Check rotate, shear and translate on non-square images against TF.affine.
     augment = StrongAugment(n_ops=1, cutout_max=0)
-    x = _images(batch=200, height=12, width=20)
+    x = _images(batch=100, height=12, width=20)
     params, out = _params_and_output(augment, x, seed=0)
     flipped = torch.where(params["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
     bilinear = T.InterpolationMode.BILINEAR

@@ -602,6 +602,7 @@ class BaseDeepEstimator(BaseEstimator):
                             allow_tabular=self.input_kind_ == "tabular")
         check_matches(
             source, kind=self.input_kind_, channels=channels, size=image_size,
+            owner=type(self).__name__,
             source_shape=self.input_shape_, n_features=getattr(self, "n_features_in_", None),
         )
         return source
