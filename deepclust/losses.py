@@ -41,9 +41,14 @@ __all__ = [
 
 
 def _check_temperature(value: float, name: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    """``value`` as a float if it is a positive finite number (numpy/torch scalars too)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-    return float(value)
+    return number
 
 
 def nt_xent(
@@ -80,6 +85,7 @@ def nt_xent(
     >>> round(float(nt_xent(a, a, temperature=0.5)), 4)
     0.5944
     """
+    temperature = _check_temperature(temperature, "temperature")
     with torch.autocast(device_type=rows_a.device.type, enabled=False):
         rows = torch.cat([rows_a, rows_b], dim=0).float()
         if normalize:
@@ -190,8 +196,12 @@ class CDLoss(nn.Module):
         entropy_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.instance_loss = InstanceContrastiveLoss(instance_temperature)
-        self.feature_loss = FeatureContrastiveLoss(feature_temperature)
+        self.instance_loss = InstanceContrastiveLoss(
+            _check_temperature(instance_temperature, "instance_temperature")
+        )
+        self.feature_loss = FeatureContrastiveLoss(
+            _check_temperature(feature_temperature, "feature_temperature")
+        )
         self.entropy = BinaryEntropy()
         self.entropy_weight = float(entropy_weight)
 
@@ -263,7 +273,7 @@ def sinkhorn(
     """
     if n_iterations < 1:
         raise ValueError(f"n_iterations must be >= 1, got {n_iterations}.")
-    _check_temperature(epsilon, "epsilon")
+    epsilon = _check_temperature(epsilon, "epsilon")
     with torch.autocast(device_type=scores.device.type, enabled=False):
         n_samples, n_clusters = scores.shape
         log_q = scores.detach().float().T / epsilon  # (K, B)
@@ -321,13 +331,19 @@ class CDCLoss(nn.Module):
         swapped: bool = True,
     ) -> None:
         super().__init__()
+        if int(n_clusters) != n_clusters or n_clusters < 2:
+            raise ValueError(f"n_clusters must be an integer >= 2, got {n_clusters!r}.")
+        if int(sinkhorn_iterations) != sinkhorn_iterations or sinkhorn_iterations < 1:
+            raise ValueError(
+                f"sinkhorn_iterations must be an integer >= 1, got {sinkhorn_iterations!r}."
+            )
         self.n_clusters = int(n_clusters)
         self.temperature = _check_temperature(temperature, "temperature")
         self.cluster_temperature = _check_temperature(
             cluster_temperature, "cluster_temperature"
         )
         self.cluster_weight = float(cluster_weight)
-        self.sinkhorn_epsilon = float(sinkhorn_epsilon)
+        self.sinkhorn_epsilon = _check_temperature(sinkhorn_epsilon, "sinkhorn_epsilon")
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.swapped = bool(swapped)
 
@@ -342,6 +358,11 @@ class CDCLoss(nn.Module):
         self, projection1: torch.Tensor, projection2: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return the total loss and its detached parts for two (B, K + C) views."""
+        if projection1.shape[1] <= self.n_clusters:
+            raise ValueError(
+                f"The projection has {projection1.shape[1]} columns; it needs more than "
+                f"n_clusters={self.n_clusters} (cluster part plus instance part)."
+            )
         with torch.autocast(device_type=projection1.device.type, enabled=False):
             zc1, zn1 = split_projection(projection1, self.n_clusters)
             zc2, zn2 = split_projection(projection2, self.n_clusters)

@@ -56,14 +56,21 @@ class InputScaler(nn.Module):
         """Map raw values in [low, high] to [0, 1] (images)."""
         high = torch.as_tensor(high, dtype=torch.float32)
         low = torch.as_tensor(low, dtype=torch.float32)
+        if not bool((high > low).all()):
+            raise ValueError(f"set_unit_range needs high > low, got low={low}, high={high}.")
         self.offset.copy_(low.expand_as(self.offset))
-        self.scale.copy_((1.0 / (high - low).clamp_min(1e-12)).expand_as(self.scale))
+        self.scale.copy_((1.0 / (high - low)).expand_as(self.scale))
 
     def set_statistics(self, unit_data: torch.Tensor, *, step: str) -> None:
         """Fit mean/std of ``unit_data`` into the ``step`` ('unit' or 'standardize')."""
+        if step not in ("unit", "standardize"):
+            raise ValueError(f"step must be 'unit' or 'standardize', got {step!r}.")
         dims = [0, 2, 3] if self.image else [0]
         mean = unit_data.float().mean(dim=dims)
-        std = unit_data.float().std(dim=dims).nan_to_num(1.0).clamp_min(1e-6)
+        # Population std stays defined for a single row; a constant channel or
+        # feature keeps scale 1 (as StandardScaler does) instead of exploding.
+        std = unit_data.float().std(dim=dims, correction=0)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
         if step == "unit":
             self.offset.copy_(mean)
             self.scale.copy_(1.0 / std)
@@ -176,6 +183,10 @@ class CDCModel(_ScaledModel):
         cluster_temperature: float = 0.1,
     ) -> None:
         super().__init__(backbone, scaler)
+        if not cluster_temperature > 0:
+            raise ValueError(
+                f"cluster_temperature must be positive, got {cluster_temperature!r}."
+            )
         self.n_clusters = n_clusters
         self.cluster_temperature = cluster_temperature
         self.head = CDCProjectionHead(backbone_dim, n_clusters, instance_dim)

@@ -1,0 +1,463 @@
+"""Training that loses nothing: recovery from failures and Ctrl-C, and checkpoints.
+
+:func:`fit_net` runs the skorch training loop of an estimator with a
+:class:`TrainingRecovery` callback, which
+
+- keeps a CPU copy of the weights at the end of every epoch whose weights are all
+  finite, so that a failure (a non-finite loss, out of memory...) or a
+  ``KeyboardInterrupt`` leaves the estimator fitted with the last good epoch;
+- writes a checkpoint every ``checkpoint_every`` epochs to ``checkpoint_dir``
+  (weights, optimizer, learning-rate schedule, random generators and history, in
+  safetensors + JSON, no pickle), from which ``resume=True`` continues a fit
+  exactly where it stopped.
+
+It also holds the helpers that make the net's torch generators picklable across
+devices (a generator of a CUDA device cannot be unpickled on a CPU-only machine).
+"""
+
+# Authors: The deepclust developers
+# SPDX-License-Identifier: BSD-3-Clause
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from skorch.callbacks import Callback, LRScheduler
+from skorch.history import History
+
+from deepclust._version import __version__
+from deepclust.persistence import (
+    FORMAT_VERSION,
+    check_format,
+    check_state_dict,
+    decode_tree,
+    encode_tree,
+    read_json,
+    read_tensors,
+    sha256_file,
+    write_json,
+    write_tensors,
+)
+
+CHECKPOINT_FORMAT = "deepclust.checkpoint"
+CHECKPOINT_FILE = "checkpoint.json"
+_WEIGHTS_NAME = "checkpoint-epoch{:05d}.safetensors"
+_WEIGHTS_GLOB = "checkpoint-epoch*.safetensors"
+_GENERATORS = ("shuffle_generator_", "augment_generator_")
+# Parameters that do not change what is trained: a fit may resume with other values.
+_NOT_COMPARED = frozenset({
+    "callbacks", "checkpoint_dir", "checkpoint_every", "compile", "device", "num_workers",
+    "on_error", "predict_batch_size", "resume", "verbose",
+})
+
+
+def check_checkpoint_params(estimator) -> None:
+    """Checks of the checkpoint parameters that constraints cannot express."""
+    if estimator.resume and estimator.checkpoint_dir is None:
+        raise ValueError(
+            "resume=True needs checkpoint_dir: the directory that holds the checkpoint "
+            "to continue from (set checkpoint_dir, or resume=False)."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Generators
+# ---------------------------------------------------------------------------
+
+
+def generator_state(generator: torch.Generator) -> dict:
+    """A device-independent description of a generator: its device and state."""
+    return {"device": str(generator.device), "state": generator.get_state()}
+
+
+def make_generator(saved: dict, device, fallback_seed: int) -> torch.Generator:
+    """A generator on ``device`` with the saved state, or seeded anew if the device differs.
+
+    A generator's state only makes sense on its own kind of device (the CPU
+    Mersenne Twister and the CUDA Philox states differ), so a generator saved on
+    a GPU and restored on the CPU restarts from ``fallback_seed``.
+    """
+    saved_device = torch.device(saved["device"])
+    device = torch.device(device)
+    if saved_device.type == "cpu":
+        device = saved_device
+    generator = torch.Generator(device=device)
+    if saved_device.type == device.type:
+        generator.set_state(saved["state"].to("cpu"))
+    else:
+        generator.manual_seed(fallback_seed)
+    return generator
+
+
+def pickle_generators(state: dict) -> dict:
+    """Replace the net's generators in a pickled state by device-independent dicts."""
+    for name in _GENERATORS:
+        if isinstance(state.get(name), torch.Generator):
+            state[name] = generator_state(state[name])
+    return state
+
+
+def unpickle_generators(net, state: dict) -> dict:
+    """Take the generator dicts out of ``state``; call :func:`restore_generators` after."""
+    return {name: state.pop(name) for name in _GENERATORS if isinstance(state.get(name), dict)}
+
+
+def restore_generators(net, saved: dict) -> None:
+    """Rebuild generators removed by :func:`unpickle_generators` on the net's device."""
+    for offset, name in enumerate(_GENERATORS):
+        if name in saved:
+            setattr(net, name, make_generator(saved[name], net.device, net.generator_seed + offset))
+
+
+# ---------------------------------------------------------------------------
+# The callback
+# ---------------------------------------------------------------------------
+
+
+class TrainingRecovery(Callback):
+    """Keep the last finite epoch's weights in memory and checkpoint them to disk.
+
+    Parameters
+    ----------
+    checkpoint_dir : str or path-like, default=None
+        Directory of the checkpoints; None keeps only the in-memory copy.
+    checkpoint_every : int, default=1
+        Epochs between checkpoints; the last epoch is always saved.
+    fingerprint : dict, default=None
+        JSON description of the fit (class, parameters, data) stored with the
+        checkpoints so that a resumed fit can check that it continues the same one.
+
+    Attributes
+    ----------
+    snapshot_ : dict of str to Tensor or None
+        CPU copy of the module's state at the end of epoch ``snapshot_epoch_``.
+    snapshot_epoch_ : int
+        Last epoch whose weights were all finite (0: none yet).
+    completed_epoch_ : int
+        Last epoch that reached ``on_epoch_end``.
+    checkpoint_epoch_ : int or None
+        Epoch of the last checkpoint written by this fit.
+    """
+
+    def __init__(self, checkpoint_dir=None, checkpoint_every=1, fingerprint=None):
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.fingerprint = fingerprint
+
+    def initialize(self):
+        self.snapshot_ = None
+        self.snapshot_epoch_ = 0
+        self.completed_epoch_ = 0
+        self.checkpoint_epoch_ = None
+        self.scheduler_state_ = None
+        return self
+
+    def on_train_begin(self, net, **kwargs):
+        epoch = len(net.history)
+        self.completed_epoch_ = self.snapshot_epoch_ = epoch
+        self.snapshot_ = _cpu_copy(net.unwrapped_module().state_dict()) if epoch else None
+        if self.scheduler_state_ is not None:
+            # skorch creates the scheduler in its own on_train_begin, which runs
+            # before this one: only now can a resumed fit restore its state.
+            scheduler = _lr_scheduler(net)
+            if scheduler is not None:
+                scheduler.load_state_dict(self.scheduler_state_)
+            self.scheduler_state_ = None
+
+    def on_epoch_end(self, net, **kwargs):
+        epoch = len(net.history)
+        self.completed_epoch_ = epoch
+        state = net.unwrapped_module().state_dict()
+        if not _all_finite(state):
+            return
+        self.snapshot_ = _cpu_copy(state)
+        self.snapshot_epoch_ = epoch
+        due = epoch % self.checkpoint_every == 0 or epoch >= net.max_epochs
+        if self.checkpoint_dir is not None and due:
+            write_checkpoint(net, self.snapshot_, self.checkpoint_dir, self.fingerprint)
+            self.checkpoint_epoch_ = epoch
+
+    def __getstate__(self):
+        # The snapshot is a full copy of the weights: keep pickles small.
+        state = self.__dict__.copy()
+        state["snapshot_"] = None
+        return state
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    checks = [torch.isfinite(t).all() for t in state.values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _lr_scheduler(net):
+    for _, callback in net.callbacks_:
+        if isinstance(callback, LRScheduler):
+            return callback.lr_scheduler_
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint files
+# ---------------------------------------------------------------------------
+
+
+def write_checkpoint(net, module_state, directory, fingerprint) -> None:
+    """Write the training state after the current epoch, replacing the previous one.
+
+    The weights go to a new ``checkpoint-epochNNNNN.safetensors`` and only then
+    does ``checkpoint.json`` point to it (atomic replace), so that an
+    interruption while writing leaves the previous checkpoint usable.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    epoch = len(net.history)
+    tensors: dict[str, torch.Tensor] = {}
+    scheduler = _lr_scheduler(net)
+    content = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "deepclust_version": __version__,
+        "fit": fingerprint,
+        "epoch": epoch,
+        "module": encode_tree(module_state, tensors, "module", where="the module state"),
+        "optimizer": encode_tree(net.optimizer_.state_dict(), tensors, "optimizer",
+                                 where="the optimizer state"),
+        "lr_scheduler": None if scheduler is None else encode_tree(
+            scheduler.state_dict(), tensors, "lr_scheduler", where="the scheduler state"),
+        "generators": {
+            name: encode_tree(generator_state(getattr(net, name)), tensors, f"generators.{name}")
+            for name in _GENERATORS
+        },
+        "history": encode_tree(net.history.to_list(), tensors, "history", where="the history"),
+    }
+    weights = _WEIGHTS_NAME.format(epoch)
+    write_tensors(directory / weights, tensors)
+    content.update(weights_file=weights, weights_sha256=sha256_file(directory / weights))
+    write_json(directory / CHECKPOINT_FILE, content)
+    for old in directory.glob(_WEIGHTS_GLOB):
+        if old.name != weights:
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint(directory) -> dict | None:
+    """The decoded checkpoint in ``directory``, or None when there is none.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint is damaged, modified or of an unknown format.
+    """
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    what = f"resume=True: cannot read the checkpoint in {str(directory)!r}"
+    content = read_json(path, what)
+    check_format(content, name=CHECKPOINT_FORMAT, path=path, what=what)
+    try:
+        weights = content["weights_file"]
+        if not isinstance(weights, str) or Path(weights).name != weights:
+            raise ValueError(f"{what}: checkpoint.json names the file {weights!r}, which is not a plain file name.")
+        tensors = read_tensors(Path(directory) / weights, content["weights_sha256"], what)
+        # The fingerprint stays encoded: it is compared with a fresh encoded one.
+        return {key: value if key == "fit" else decode_tree(value, tensors)
+                for key, value in content.items()}
+    except KeyError as exc:
+        raise ValueError(f"{what}: the checkpoint lacks the entry {exc}; it was edited or truncated.") from None
+
+
+def fingerprint(estimator, n_samples: int, total_epochs: int) -> dict:
+    """JSON description of a fit that a resumed fit must reproduce."""
+    params = {
+        name: _describe(value)
+        for name, value in estimator.get_params(deep=False).items()
+        if name not in _NOT_COMPARED
+    }
+    inputs = {
+        name: getattr(estimator, name, None)
+        for name in ("input_kind_", "n_features_in_", "input_shape_", "image_size_",
+                     "n_channels_", "input_dtype_")
+    }
+    description = {
+        "class": type(estimator).__name__,
+        "params": params,
+        "input": {name: _describe(value) for name, value in inputs.items()},
+        "n_samples": n_samples,
+        "total_epochs": total_epochs,
+    }
+    # A JSON round trip gives the exact form that is read back from disk.
+    return json.loads(json.dumps(description))
+
+
+def _describe(value):
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    try:
+        return encode_tree(value, {}, "value")
+    except TypeError:
+        # Callables and random generators cannot be compared: name them only.
+        return f"<{getattr(value, '__qualname__', type(value).__qualname__)}>"
+
+
+def _check_fingerprint(stored, current, directory) -> None:
+    def differ(label, saved, value):
+        differences.append(f"{label}: {decode_tree(saved, {})!r} in the checkpoint, "
+                           f"{decode_tree(value, {})!r} now")
+
+    differences = []
+    for key in ("class", "n_samples", "total_epochs"):
+        if stored.get(key) != current[key]:
+            differ(key, stored.get(key), current[key])
+    for section, label in (("params", "parameter"), ("input", "input")):
+        saved = stored.get(section) or {}
+        for name, value in current[section].items():
+            if saved.get(name, value) != value:
+                differ(f"{label} {name}", saved.get(name), value)
+    if differences:
+        raise ValueError(
+            f"resume=True: the checkpoint in {str(directory)!r} was written by a "
+            f"different fit ({'; '.join(differences[:5])}). Resume with the same "
+            "parameters and data, or pass resume=False to start over (the "
+            "checkpoint is then overwritten)."
+        )
+
+
+def _restore_training_state(net, checkpoint, directory) -> None:
+    what = f"resume=True: cannot restore the checkpoint in {str(directory)!r}"
+    module = net.unwrapped_module()
+    check_state_dict(module.state_dict(), checkpoint["module"], what)
+    module.load_state_dict(checkpoint["module"])
+    try:
+        net.optimizer_.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{what}: its optimizer state does not fit the model ({exc}).") from None
+    net.history = History(checkpoint["history"])
+    for offset, name in enumerate(_GENERATORS):
+        setattr(net, name, make_generator(checkpoint["generators"][name], net.device,
+                                          net.generator_seed + offset))
+
+
+# ---------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------
+
+
+def fit_net(estimator, dataset, config) -> BaseException | None:
+    """Train ``estimator.net_`` on ``dataset``, resuming and recovering as configured.
+
+    Returns
+    -------
+    error : Exception or None
+        An exception that stopped training after at least one epoch with finite
+        weights. The net then holds the weights of that epoch and its history
+        ends there; the caller finishes the fit (fitted attributes) and raises
+        it. When nothing can be kept, the estimator is left unfitted and the
+        exception propagates from here.
+
+    Warns
+    -----
+    UserWarning
+        When training was interrupted by ``KeyboardInterrupt``: the net holds the
+        weights of the last completed epoch.
+    """
+    from deepclust.estimators._base import TrainingDivergedError
+
+    net = estimator.net_
+    estimator._resolved_config = {"backbone": config["backbone"], "max_epochs": config["max_epochs"]}
+    recovery = TrainingRecovery(
+        estimator.checkpoint_dir, estimator.checkpoint_every,
+        fingerprint(estimator, len(dataset), net.max_epochs),
+    )
+    # After the learning-rate scheduler (checkpoints hold its stepped state),
+    # before the user's callbacks (EarlyStopping stops with KeyboardInterrupt).
+    net.callbacks.insert(len(net.callbacks) - len(estimator.callbacks or []),
+                         ("recovery", recovery))
+
+    checkpoint = None
+    try:
+        if estimator.resume:
+            checkpoint = read_checkpoint(estimator.checkpoint_dir)
+        if checkpoint is not None:
+            _check_fingerprint(checkpoint["fit"] or {}, recovery.fingerprint,
+                               estimator.checkpoint_dir)
+            net.initialize()
+            _restore_training_state(net, checkpoint, estimator.checkpoint_dir)
+            recovery.scheduler_state_ = checkpoint["lr_scheduler"]
+    except BaseException:
+        _forget(estimator)
+        raise
+    try:
+        if checkpoint is None:
+            net.fit(dataset, None)
+        else:
+            net.partial_fit(dataset, None, epochs=max(0, net.max_epochs - len(net.history)))
+    except Exception as error:
+        if not _restore_snapshot(net, recovery):
+            _forget(estimator)
+            raise
+        _add_note(error, f"deepclust kept the weights of epoch {recovery.snapshot_epoch_}, "
+                         "the last epoch with finite weights: the estimator is fitted "
+                         f"with them (n_epochs_={recovery.snapshot_epoch_}).")
+        return error
+
+    trained = len(net.history)
+    interrupted = trained > recovery.completed_epoch_
+    if interrupted or recovery.snapshot_epoch_ < trained:
+        if not _restore_snapshot(net, recovery):
+            _forget(estimator)
+            if interrupted:
+                raise KeyboardInterrupt(
+                    f"Training was interrupted during epoch {trained}, before any "
+                    "epoch completed; the estimator is not fitted.")
+            raise TrainingDivergedError(
+                f"The weights became NaN or infinite at epoch {trained} and no earlier "
+                "epoch had finite weights. Try a lower lr, gradient clipping "
+                "(grad_clip_norm=1.0) or precision='fp32'.")
+        kept = recovery.snapshot_epoch_
+        if not interrupted:
+            return TrainingDivergedError(
+                f"The weights became NaN or infinite at epoch {recovery.completed_epoch_}; "
+                f"the estimator keeps the weights of epoch {kept}, the last finite ones. "
+                "Try a lower lr, gradient clipping (grad_clip_norm=1.0) or precision='fp32'.")
+        resume = ""
+        if recovery.checkpoint_epoch_ is not None or checkpoint is not None:
+            resume = (f" Fit again with resume=True to continue from the checkpoint in "
+                      f"{str(estimator.checkpoint_dir)!r}.")
+        warnings.warn(
+            f"Training was interrupted (KeyboardInterrupt) during epoch {trained}; the "
+            f"estimator is fitted with the weights of epoch {kept}, the last completed "
+            f"epoch.{resume}",
+            UserWarning,
+            stacklevel=3,
+        )
+    recovery.snapshot_ = None
+    return None
+
+
+def _restore_snapshot(net, recovery) -> bool:
+    if getattr(recovery, "snapshot_", None) is None:
+        return False
+    net.unwrapped_module().load_state_dict(recovery.snapshot_)
+    del net.history[recovery.snapshot_epoch_:]
+    recovery.snapshot_ = None
+    return True
+
+
+def _forget(estimator) -> None:
+    """Leave the estimator unfitted: its fitted attributes would not match each other."""
+    for name in [n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")]:
+        delattr(estimator, name)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(note)

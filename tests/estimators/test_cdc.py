@@ -1,0 +1,195 @@
+"""Testing for CDCClusterer (Contrastive representation Disentanglement for Clustering)."""
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from deepclust import CDCClusterer
+from deepclust.backbones import MLP
+
+TINY = {"n_clusters": 3, "instance_dim": 5, "max_epochs": 3, "batch_size": 16,
+        "device": "cpu", "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def cdc(blobs):
+    """CDCClusterer fitted on the blobs (read-only)."""
+    return CDCClusterer(**TINY).fit(blobs[0])
+
+
+class _ParametersAfterEpoch(Callback):
+    """Copies the model parameters at the end of epoch ``epoch`` (1-based)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            self.parameters_ = {name: p.detach().clone()
+                                for name, p in net.module_.named_parameters()}
+
+
+def test_n_clusters_is_positional():
+    # Check that n_clusters is the one positional parameter, as in KMeans.
+    assert CDCClusterer(4).n_clusters == 4
+    with pytest.raises(TypeError):
+        CDCClusterer(4, 8)
+
+
+def test_labels(cdc, blobs):
+    # Check that labels_ are int64 cluster indices that predict reproduces.
+    assert cdc.labels_.dtype == np.int64
+    assert cdc.labels_.shape == (60,)
+    assert set(np.unique(cdc.labels_)) <= {0, 1, 2}
+    np.testing.assert_array_equal(cdc.predict(blobs[0]), cdc.labels_)
+
+
+def test_fit_predict_equals_fit_then_predict(blobs):
+    # Check that fit_predict(X) equals fit(X).predict(X).
+    X = blobs[0]
+    np.testing.assert_array_equal(CDCClusterer(**TINY).fit_predict(X),
+                                  CDCClusterer(**TINY).fit(X).predict(X))
+
+
+def test_predict_proba(cdc, blobs):
+    # Check that predict_proba gives float32 rows summing to 1 whose argmax is predict.
+    proba = cdc.predict_proba(blobs[0])
+    assert proba.shape == (60, 3)
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(axis=1), cdc.predict(blobs[0]))
+
+
+def test_streamed_predict_matches_one_batch(cdc, blobs):
+    # Check that predict_proba gives the same rows whatever predict_batch_size is.
+    one_batch = cdc.predict_proba(blobs[0])
+    previous = cdc.predict_batch_size
+    cdc.set_params(predict_batch_size=7)
+    try:
+        streamed = cdc.predict_proba(blobs[0])
+    finally:
+        cdc.set_params(predict_batch_size=previous)
+    np.testing.assert_allclose(streamed, one_batch, rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_sizes(cdc):
+    # Check that cluster_sizes_ counts the training labels of every cluster.
+    assert cdc.cluster_sizes_.shape == (3,)
+    assert cdc.cluster_sizes_.sum() == 60
+    np.testing.assert_array_equal(cdc.cluster_sizes_, np.bincount(cdc.labels_, minlength=3))
+
+
+@pytest.mark.parametrize(
+    "transform_output, n_columns",
+    [("proba", 3), ("embedding", MLP(2).out_dim), ("instance", 5)],
+)
+def test_transform_output(cdc, blobs, transform_output, n_columns):
+    # Check the shape, dtype and feature names of every transform_output.
+    cdc.set_params(transform_output=transform_output)
+    try:
+        output = cdc.transform(blobs[0])
+        names = cdc.get_feature_names_out()
+    finally:
+        cdc.set_params(transform_output="proba")
+    assert output.shape == (60, n_columns)
+    assert output.dtype == np.float32
+    assert len(names) == n_columns
+    if transform_output == "proba":
+        np.testing.assert_array_equal(output, cdc.predict_proba(blobs[0]))
+    if transform_output == "instance":
+        np.testing.assert_allclose(np.linalg.norm(output, axis=1), 1.0, rtol=1e-5)
+
+
+def test_history_records_loss_parts(cdc):
+    # Check that the history holds the epoch loss and the per-batch loss parts.
+    assert cdc.n_epochs_ == 3
+    assert np.isfinite(cdc.history_[:, "train_loss"]).all()
+    for part in ["instance_loss", "cluster_loss"]:
+        values = cdc.history_[-1, "batches", :, part]
+        assert len(values) == 4
+        assert np.isfinite(values).all()
+
+
+def test_self_labelling_with_confident_samples(blobs):
+    # Check that self-labelling epochs follow the clustering epochs, at
+    # self_label_lr, and record a self-labelling loss when samples are confident.
+    cdc = CDCClusterer(**{**TINY, "max_epochs": 1}, self_label_epochs=1,
+                       self_label_threshold=0.0, self_label_lr=1e-5)
+    cdc.fit(blobs[0])
+    assert cdc.n_epochs_ == 2
+    first, last = cdc.history_[0, "batches"], cdc.history_[-1, "batches"]
+    assert all("cluster_loss" in batch and "self_label_loss" not in batch for batch in first)
+    assert all("self_label_loss" in batch for batch in last)
+    assert np.isfinite([batch["self_label_loss"] for batch in last]).all()
+    np.testing.assert_allclose(cdc.history_[-1, "event_lr"], 1e-5)
+
+
+def test_self_labelling_without_confident_samples(blobs):
+    # Check that self-labelling skips batches without confident samples: the fit
+    # succeeds and the parameters do not move. With 3 clusters and t=0.1 no
+    # probability exceeds 0.99999, whatever the model.
+    recorder = _ParametersAfterEpoch(1)
+    cdc = CDCClusterer(**{**TINY, "max_epochs": 1}, self_label_epochs=1,
+                       self_label_threshold=0.999999, callbacks=[recorder])
+    cdc.fit(blobs[0])
+    assert cdc.n_epochs_ == 2
+    assert not any("self_label_loss" in batch for batch in cdc.history_[-1, "batches"])
+    for name, parameter in cdc.net_.module_.named_parameters():
+        torch.testing.assert_close(parameter.detach(), recorder.parameters_[name],
+                                   rtol=0, atol=0, msg=name)
+    assert cdc.labels_.shape == (60,)
+
+
+def test_empty_clusters_warn(blobs):
+    # Check that clusters left empty raise a ConvergenceWarning and show in
+    # cluster_sizes_.
+    X = 1.0 + 1e-4 * np.random.RandomState(0).normal(size=(12, 2))
+    cdc = CDCClusterer(**{**TINY, "n_clusters": 8})
+    with pytest.warns(ConvergenceWarning, match="clusters empty"):
+        cdc.fit(X)
+    assert (cdc.cluster_sizes_ == 0).any()
+    assert cdc.cluster_sizes_.sum() == 12
+
+
+def test_swapped_assignment_false(blobs):
+    # Check that swapped_assignment=False trains with each view's own codes,
+    # which changes the cluster loss.
+    own = CDCClusterer(**TINY, swapped_assignment=False).fit(blobs[0])
+    swapped = CDCClusterer(**TINY).fit(blobs[0])
+    own_loss = np.asarray(own.history_[:, "batches", :, "cluster_loss"])
+    assert np.isfinite(own_loss).all()
+    assert not np.allclose(own_loss, swapped.history_[:, "batches", :, "cluster_loss"])
+    assert own.labels_.shape == (60,)
+
+
+def test_pipeline_with_scaler(blobs):
+    # Check that CDCClusterer works as the last step of a Pipeline.
+    X = blobs[0] * 10.0 + 5.0
+    pipeline = make_pipeline(StandardScaler(), CDCClusterer(**TINY))
+    labels = pipeline.fit_predict(X)
+    assert labels.shape == (60,)
+    np.testing.assert_array_equal(pipeline.predict(X), labels)
+    assert pipeline.predict_proba(X).shape == (60, 3)
+
+
+@pytest.mark.parametrize("scoring", [None, "adjusted_rand_score"])
+def test_grid_search(blobs, scoring):
+    # Check that GridSearchCV can tune temperature and cluster_weight with the
+    # estimator's own score, or with the ARI when labels are given.
+    X, y = blobs
+    grid = {"temperature": [0.15, 0.5], "cluster_weight": [1.0, 5.0]}
+    search = GridSearchCV(CDCClusterer(**{**TINY, "max_epochs": 1}), grid, cv=2,
+                          scoring=scoring)
+    search.fit(X, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 4
+    assert np.isfinite(scores).all()
+    if scoring is None:
+        assert ((scores >= 0) & (scores <= 1)).all()
+    assert search.best_params_ in search.cv_results_["params"]
+    assert search.best_estimator_.labels_.shape == (60,)
