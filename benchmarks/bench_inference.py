@@ -6,15 +6,22 @@ cluster probabilities of uint8 NHWC images are timed four ways:
 
 * ``torch model``: the torch network under ``torch.no_grad`` (uint8 -> NCHW ->
   scaling -> probabilities, the same computation as the ONNX graph);
-* ``estimator``: ``CDCClusterer.predict_proba`` with ``predict_batch_size`` set
-  to the batch size (adds input validation and batching);
+* ``estimator``: ``CDCClusterer.predict_proba`` called on each batch (adds input
+  validation and the conversion to torch);
 * ``ort session``: ``onnxruntime.InferenceSession.run`` on the same batches;
-* ``OnnxClusterer``: ``OnnxClusterer.predict_proba`` with ``batch_size`` set to
-  the batch size (adds the same input validation and batching).
+* ``OnnxClusterer``: ``OnnxClusterer.predict_proba`` called on each batch (adds
+  the same input validation).
+
+Each measurement cycles over the batches for ``--min-time`` seconds after one
+warm-up call.
 
     python benchmarks/bench_inference.py                          # both models, batch 1 and 64
     python benchmarks/bench_inference.py --models small_cnn --batch-sizes 1 16 256
     python benchmarks/bench_inference.py --min-time 2 --threads 1
+
+On a machine shared with other work, pass ``--threads 1``: otherwise torch's
+default thread pool can spend most of a small batch waiting for descheduled
+threads, which exaggerates onnxruntime's lead at batch 1.
 
 ``small_cnn`` is what ``CDCClusterer()`` picks by default for 32x32 images on a
 CPU; ``resnet18`` is the ResNet-18 with the CIFAR stem (the paper's CIFAR
@@ -44,7 +51,7 @@ _MODELS = {
 
 
 def _images_per_second(function, batches, min_time):
-    """Throughput of ``function(batch)`` over ``batches``, repeated for ``min_time`` s."""
+    """Throughput of ``function(batch)``, cycling over ``batches`` for ``min_time`` s."""
     function(batches[0])  # warm-up: first-call allocations and lazy initialisation
     n_images = 0
     start = time.perf_counter()
@@ -52,15 +59,15 @@ def _images_per_second(function, batches, min_time):
         for batch in batches:
             function(batch)
             n_images += len(batch)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return n_images / elapsed
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                return n_images / elapsed
 
 
 def _fit_and_export(name, image_size, folder, seed):
     rng = np.random.default_rng(seed)
-    train = rng.integers(0, 256, (16, image_size, image_size, 3), dtype=np.uint8)
-    estimator = CDCClusterer(max_epochs=1, batch_size=16, device="cpu", random_state=seed,
+    train = rng.integers(0, 256, (10, image_size, image_size, 3), dtype=np.uint8)
+    estimator = CDCClusterer(max_epochs=1, batch_size=10, device="cpu", random_state=seed,
                              **_MODELS[name])
     with warnings.catch_warnings():
         # One epoch on random pixels leaves clusters empty: irrelevant for speed.
@@ -86,18 +93,21 @@ def _bench_model(name, args, folder):
                 unit = model.scaler.to_unit(torch.from_numpy(batch).permute(0, 3, 1, 2))
                 return model.cluster_probabilities(unit).numpy()
 
-        estimator.set_params(predict_batch_size=batch_size)
         clusterer = OnnxClusterer(path, batch_size=batch_size)
+        if args.threads:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            clusterer.session = onnxruntime.InferenceSession(
+                path, options, providers=["CPUExecutionProvider"])
         session = clusterer.session
         timings = {
             "torch model": _images_per_second(torch_model, batches, args.min_time),
-            "estimator": _images_per_second(
-                lambda _: estimator.predict_proba(images), [images], args.min_time),
+            "estimator": _images_per_second(estimator.predict_proba, batches, args.min_time),
             "ort session": _images_per_second(
                 lambda batch: session.run(["probabilities"], {"input": batch}),
                 batches, args.min_time),
-            "OnnxClusterer": _images_per_second(
-                lambda _: clusterer.predict_proba(images), [images], args.min_time),
+            "OnnxClusterer": _images_per_second(clusterer.predict_proba, batches,
+                                                args.min_time),
         }
         rows.append((name, batch_size, timings))
         _print_row(rows[-1])
@@ -116,20 +126,22 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(_MODELS), choices=list(_MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--n-images", type=int, default=64,
-                        help="images per timed pass (at least one batch)")
+    parser.add_argument("--n-images", type=int, default=128,
+                        help="distinct images the batches are cut from (at least one batch)")
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="seconds each measurement runs for")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice); "
-                             "onnxruntime uses its default thread pool")
+                        help="intra-op threads of both torch and onnxruntime (default: "
+                             "each library's own choice, usually one per core)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    ort_threads = args.threads or "default"
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
-          f"{onnxruntime.__version__}, {os.cpu_count()} CPUs; {args.image_size}x"
+          f"{onnxruntime.__version__} ({ort_threads} threads), {os.cpu_count()} CPUs; "
+          f"{args.image_size}x"
           f"{args.image_size} RGB uint8 images; throughput in images/s")
     print(f"{'model':<10} {'batch':>6} {'torch model':>13} {'estimator':>13} "
           f"{'ort session':>13} {'OnnxClusterer':>13} {'ort/torch':>9}")

@@ -11,7 +11,7 @@ class, input reading, metrics) work where torch is not installed.
 
 from deepclust._version import __version__
 
-__all__ = ["CDCClusterer", "ContrastiveDisentangler", "__version__"]
+__all__ = ["CDCClusterer", "ContrastiveDisentangler", "__version__", "load"]
 
 
 def __getattr__(name):
@@ -19,6 +19,10 @@ def __getattr__(name):
         from deepclust import estimators
 
         return getattr(estimators, name)
+    if name == "load":
+        from deepclust.persistence import load
+
+        return load
     raise AttributeError(f"module 'deepclust' has no attribute {name!r}")
 
 

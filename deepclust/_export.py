@@ -57,7 +57,9 @@ _EXAMPLE_BATCH = 2
 _CHECK_RTOL = 1e-3
 _CHECK_ATOL = 1e-4
 # Loggers that print progress or diagnostics while exporting.
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+_NOISY_LOGGERS = (
+    "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript",
+)
 
 
 class ExportGraph(nn.Module):
@@ -103,7 +105,8 @@ class ExportGraph(nn.Module):
             z_cluster, z_instance = split_projection(
                 self.model.head(embedding), self.model.n_clusters
             )
-            probabilities = torch.softmax(z_cluster / self.model.cluster_temperature, dim=1)
+            logits = z_cluster / self.model.cluster_temperature
+            probabilities = torch.softmax(logits, dim=1)
             values.update(
                 probabilities=probabilities,
                 labels=probabilities.argmax(dim=1),
@@ -141,14 +144,17 @@ def export_onnx(
     training_flags = [(module, module.training) for module in model.modules()]
     # Exporting a copy keeps the estimator's model where it is (e.g. on a GPU)
     # and lets the graph's weights be plain CPU tensors.
-    export_model = model if _device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
+    on_cpu = _device_of(model).type == "cpu"
+    export_model = model if on_cpu else copy.deepcopy(model).cpu()
     graph = ExportGraph(export_model, outputs,
-                        channels_last_input=input_format == "uint8_nhwc").eval()
+                        channels_last_input=input_format == "uint8_nhwc")
     try:
-        export_model.eval()
+        graph.eval()
         with torch.no_grad():
             expected = [t.numpy() for t in graph(example)]
-            proto, exporter = _export_graph(graph, example, outputs, opset, bool(dynamic_batch))
+            proto, exporter = _export_graph(
+                graph, example, outputs, opset, bool(dynamic_batch)
+            )
     finally:
         for module, flag in training_flags:
             module.training = flag
@@ -157,7 +163,7 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     _check_against_torch(proto, example.numpy(), outputs, expected)
     onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
-    return str(path)
+    return path
 
 
 # ----------------------------------------------------------------- validation
@@ -191,7 +197,8 @@ def _check_outputs(outputs, estimator, is_cdc: bool) -> tuple[str, ...]:
             chosen = list(outputs)
         except TypeError:
             raise ValueError(
-                f"outputs must be None, an output name or a list of names; got {outputs!r}."
+                "outputs must be None, an output name or a list of names; "
+                f"got {outputs!r}."
             ) from None
     unknown = [name for name in chosen if name not in available]
     if unknown or not chosen:
@@ -246,7 +253,9 @@ def _check_path(path) -> Path:
         raise TypeError(f"path must be a str or path-like; got {type(path).__name__}.")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"path {str(path)!r} is a directory; give the .onnx file to write.")
+        raise ValueError(
+            f"path {str(path)!r} is a directory; give the .onnx file to write."
+        )
     if not path.parent.is_dir():
         raise FileNotFoundError(
             f"path {str(path)!r}: the directory {str(path.parent)!r} does not exist."
@@ -337,9 +346,10 @@ def _export_graph(graph: nn.Module, example: torch.Tensor, outputs, opset: int,
             do_constant_folding=True, **legacy,
         )
     if dynamo_error is not None:
+        reason = (str(dynamo_error).splitlines() or [""])[0][:300]
         warnings.warn(
             "The torch.export-based ONNX exporter failed "
-            f"({type(dynamo_error).__name__}: {str(dynamo_error).splitlines()[0][:300]}); "
+            f"({type(dynamo_error).__name__}: {reason}); "
             "the model was exported with the TorchScript-based exporter instead.",
             UserWarning,
             stacklevel=3,
@@ -373,7 +383,9 @@ def _add_metadata(proto, estimator, model, outputs, input_format: str, opset: in
         "params": params,
         "input_kind": estimator.input_kind_,
         "input_format": input_format,
-        "input_layout": "NF" if tabular else "NHWC" if input_format == "uint8_nhwc" else "NCHW",
+        "input_layout": (
+            "NF" if tabular else "NHWC" if input_format == "uint8_nhwc" else "NCHW"
+        ),
         "input_dtype": "uint8" if input_format == "uint8_nhwc" else "float32",
         "input_shape": input_shape,
         "fit_input_dtype": estimator.input_dtype_,
@@ -395,7 +407,8 @@ def _add_metadata(proto, estimator, model, outputs, input_format: str, opset: in
         entry.value = _json(value)
     proto.doc_string = (
         f"deepclust {__version__} {type(estimator).__name__}; input {INPUT_NAME!r} "
-        f"({metadata['input_dtype']} {metadata['input_layout']}), outputs {list(outputs)}."
+        f"({metadata['input_dtype']} {metadata['input_layout']}), "
+        f"outputs {list(outputs)}."
     )
 
 
@@ -421,6 +434,6 @@ def _check_against_torch(proto, example: np.ndarray, outputs, expected) -> None:
         if not np.allclose(value, reference, rtol=_CHECK_RTOL, atol=_CHECK_ATOL):
             raise RuntimeError(
                 f"The exported ONNX output {name!r} differs from torch (max abs "
-                f"difference {float(np.abs(value - reference).max()):.3g}): an exporter "
-                "bug for this model. Try another opset or torch version."
+                f"difference {float(np.abs(value - reference).max()):.3g}): an "
+                "exporter bug for this model. Try another opset or torch version."
             )

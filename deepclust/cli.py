@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a saved model to ONNX")
     export.add_argument("model", help="model saved by 'deepclust fit'")
     export.add_argument("output", help="path of the .onnx file to write")
-    export.add_argument("--input-format", choices=["uint8_nhwc", "float_nchw"], default="uint8_nhwc")
+    export.add_argument("--input-format", choices=["auto", "uint8_nhwc", "float_nchw"],
+                        default="auto", help="auto: uint8 NHWC for images, float rows for tabular models")
     export.set_defaults(run=_export)
 
     predict = commands.add_parser("predict", help="cluster images with an exported ONNX model")

@@ -91,7 +91,7 @@ def export_onnx(
 
     Returns
     -------
-    path : str
+    path : pathlib.Path
         The file written.
 
     Raises
@@ -185,7 +185,8 @@ class OnnxClusterer:
     >>> cdc = CDCClusterer(n_clusters=3, max_epochs=2, batch_size=30,
     ...                    random_state=0).fit(X)
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     clusterer = OnnxClusterer(export_onnx(cdc, os.path.join(folder, "cdc.onnx")))
+    ...     path = export_onnx(cdc, os.path.join(folder, "cdc.onnx"))
+    ...     clusterer = OnnxClusterer(path)
     >>> clusterer.output_names, clusterer.n_clusters
     (['labels', 'probabilities'], 3)
     >>> np.allclose(clusterer.predict_proba(X), cdc.predict_proba(X), atol=1e-5)
@@ -267,7 +268,11 @@ class OnnxClusterer:
         params : dict
             ``path``, ``providers`` and ``batch_size``.
         """
-        return {"path": self.path, "providers": self.providers, "batch_size": self.batch_size}
+        return {
+            "path": self.path,
+            "providers": self.providers,
+            "batch_size": self.batch_size,
+        }
 
     def set_params(self, **params):
         """Set parameters; a new ``path`` or ``providers`` reloads the model.
@@ -484,7 +489,8 @@ class OnnxClusterer:
         source = self._read(X)
         parts = [[] for _ in names]
         for _, raw in iter_batches(source, self.batch_size):
-            for part, value in zip(parts, self._run_batch(self._graph_input(raw), names)):
+            values = self._run_batch(self._graph_input(raw), names)
+            for part, value in zip(parts, values):
                 part.append(value)
         return [np.concatenate(part) for part in parts]
 
@@ -537,7 +543,8 @@ def _resolve_providers(providers, onnxruntime):
     if providers is None or (isinstance(providers, str) and providers.lower() == "cpu"):
         return [_CPU]
     if isinstance(providers, str):
-        requested = [_CUDA, _CPU] if providers.lower() in ("cuda", "gpu") else [providers]
+        gpu = providers.lower() in ("cuda", "gpu")
+        requested = [_CUDA, _CPU] if gpu else [providers]
     elif isinstance(providers, (list, tuple)):
         requested = list(providers)
     else:

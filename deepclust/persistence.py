@@ -53,7 +53,9 @@ _MAX_LISTED = 5
 # ---------------------------------------------------------------------------
 
 
-def encode_tree(value, tensors: dict[str, torch.Tensor], key: str, *, where: str = "value"):
+def encode_tree(
+    value, tensors: dict[str, torch.Tensor], key: str, *, where: str = "value"
+):
     """A JSON-able copy of ``value`` whose tensors and arrays are moved to ``tensors``.
 
     Tensors and numeric arrays are replaced by ``{"__tensor__": name}`` or
@@ -76,22 +78,38 @@ def encode_tree(value, tensors: dict[str, torch.Tensor], key: str, *, where: str
             return {"__ndarray__": key}
         if value.dtype.kind in "UO" and all(isinstance(v, str) for v in value.ravel()):
             return {"__strings__": value.tolist()}
-        raise TypeError(f"{where} is an array of dtype {value.dtype}, which cannot be stored.")
+        raise TypeError(
+            f"{where} is an array of dtype {value.dtype}, which cannot be stored."
+        )
     if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, tuple):
-        return {"__tuple__": [encode_tree(v, tensors, f"{key}.{i}", where=where)
-                              for i, v in enumerate(value)]}
+        return {
+            "__tuple__": [
+                encode_tree(v, tensors, f"{key}.{i}", where=where)
+                for i, v in enumerate(value)
+            ]
+        }
     if isinstance(value, list):
-        return [encode_tree(v, tensors, f"{key}.{i}", where=where) for i, v in enumerate(value)]
+        return [
+            encode_tree(v, tensors, f"{key}.{i}", where=where)
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value):
-            return {k: encode_tree(v, tensors, f"{key}.{k}", where=where) for k, v in value.items()}
+            return {
+                k: encode_tree(v, tensors, f"{key}.{k}", where=where)
+                for k, v in value.items()
+            }
         if all(isinstance(k, int) and not isinstance(k, bool) for k in value):
-            return {"__intkeys__": {str(k): encode_tree(v, tensors, f"{key}.{k}", where=where)
-                                    for k, v in value.items()}}
+            return {
+                "__intkeys__": {
+                    str(k): encode_tree(v, tensors, f"{key}.{k}", where=where)
+                    for k, v in value.items()
+                }
+            }
     raise TypeError(
         f"{where} holds a value of type {type(value).__name__} ({value!r:.80}), "
         "which cannot be stored as JSON."
@@ -113,7 +131,9 @@ def decode_tree(value, tensors: dict[str, torch.Tensor]):
     if "__tuple__" in value:
         return tuple(decode_tree(v, tensors) for v in value["__tuple__"])
     if "__intkeys__" in value:
-        return {int(k): decode_tree(v, tensors) for k, v in value["__intkeys__"].items()}
+        return {
+            int(k): decode_tree(v, tensors) for k, v in value["__intkeys__"].items()
+        }
     return {k: decode_tree(v, tensors) for k, v in value.items()}
 
 
@@ -173,16 +193,22 @@ def read_tensors(path, expected_sha256: str, what: str) -> dict[str, torch.Tenso
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{what}: {str(path)!r} is not a valid safetensors file ({exc}).") from exc
+        raise ValueError(
+            f"{what}: {str(path)!r} is not a valid safetensors file ({exc})."
+        ) from exc
 
 
 def check_format(content, *, name: str, path, what: str) -> None:
-    """Raise unless ``content`` is a JSON object of format ``name`` in a readable version."""
+    """Raise unless ``content`` is a JSON object of format ``name``, readable here."""
     if not isinstance(content, dict) or content.get("format") != name:
-        raise ValueError(f"{what}: {str(path)!r} is not a {name} file (no 'format': {name!r}).")
+        raise ValueError(
+            f"{what}: {str(path)!r} is not a {name} file (no 'format': {name!r})."
+        )
     version = content.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{what}: {str(path)!r} has no valid 'format_version' (got {version!r}).")
+        raise ValueError(
+            f"{what}: {str(path)!r} has no valid 'format_version' (got {version!r})."
+        )
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{what}: {str(path)!r} has format version {version}, written by a newer "
@@ -190,11 +216,14 @@ def check_format(content, *, name: str, path, what: str) -> None:
             f"({__version__}) reads format version {FORMAT_VERSION}. Upgrade deepclust."
         )
     if version < 1:
-        raise ValueError(f"{what}: {str(path)!r} has an invalid format version {version}.")
+        raise ValueError(
+            f"{what}: {str(path)!r} has an invalid format version {version}."
+        )
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
-                     what: str) -> None:
+def check_state_dict(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str
+) -> None:
     """Raise if tensor names or shapes of ``found`` differ from the model's."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -231,7 +260,7 @@ def _listing(items) -> str:
 
 
 def params_to_json(estimator) -> dict:
-    """The estimator's parameters as JSON, or a ValueError naming the one that is not."""
+    """The estimator's parameters as JSON; a ValueError names any that is not."""
     encoded = {}
     for name, value in estimator.get_params(deep=False).items():
         if name == "callbacks" and value is not None:
@@ -264,7 +293,9 @@ def _fitted_attributes(estimator) -> dict:
     return {
         name: value
         for name, value in vars(estimator).items()
-        if name.endswith("_") and not name.startswith("_") and name not in _REBUILT_ATTRIBUTES
+        if name.endswith("_")
+        and not name.startswith("_")
+        and name not in _REBUILT_ATTRIBUTES
     }
 
 
@@ -298,7 +329,9 @@ def save(estimator, path) -> None:
     params = params_to_json(estimator)
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"path {str(path)!r} is an existing file; save() writes a directory.")
+        raise ValueError(
+            f"path {str(path)!r} is an existing file; save() writes a directory."
+        )
     directory.mkdir(parents=True, exist_ok=True)
 
     tensors: dict[str, torch.Tensor] = {}
@@ -306,25 +339,38 @@ def save(estimator, path) -> None:
     for name, tensor in state.items():
         tensors[_MODULE_PREFIX + name] = tensor.detach().to("cpu").contiguous()
     attributes = {
-        name: encode_tree(value, tensors, _ATTRIBUTE_PREFIX + name, where=f"attribute {name}")
+        name: encode_tree(
+            value, tensors, _ATTRIBUTE_PREFIX + name, where=f"attribute {name}"
+        )
         for name, value in _fitted_attributes(estimator).items()
     }
-    resolved = dict(getattr(estimator, "_resolved_config", {}))
+    resolved = encode_tree(
+        dict(getattr(estimator, "_resolved_config", {})),
+        {},
+        "resolved",
+        where="the resolved training configuration",
+    )
+    history = encode_tree(
+        estimator.history_.to_list(), tensors, "history", where="the history"
+    )
     write_tensors(directory / WEIGHTS_FILE, tensors)
-    write_json(directory / HISTORY_FILE, estimator.history_.to_list())
-    write_json(directory / CONFIG_FILE, {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "deepclust_version": __version__,
-        "class": type(estimator).__name__,
-        "params": params,
-        "resolved": resolved,
-        "attributes": attributes,
-        "weights_file": WEIGHTS_FILE,
-        "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
-        "history_file": HISTORY_FILE,
-        "history_sha256": sha256_file(directory / HISTORY_FILE),
-    })
+    write_json(directory / HISTORY_FILE, history)
+    write_json(
+        directory / CONFIG_FILE,
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "deepclust_version": __version__,
+            "class": type(estimator).__name__,
+            "params": params,
+            "resolved": resolved,
+            "attributes": attributes,
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
+            "history_file": HISTORY_FILE,
+            "history_sha256": sha256_file(directory / HISTORY_FILE),
+        },
+    )
 
 
 def load(path, *, device=None):
@@ -385,29 +431,46 @@ def load(path, *, device=None):
     try:
         class_name = config["class"]
         params = decode_tree(config["params"], {})
-        resolved = config["resolved"]
+        resolved = decode_tree(config["resolved"], {})
         weights_file, weights_sha256 = config["weights_file"], config["weights_sha256"]
         history_file, history_sha256 = config["history_file"], config["history_sha256"]
         stored_attributes = config["attributes"]
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{what}: config.json lacks the entry {exc}; it was edited or truncated.") from None
+        raise ValueError(
+            f"{what}: config.json lacks the entry {exc}; it was edited or truncated."
+        ) from None
     for name in (weights_file, history_file):
         if not isinstance(name, str) or Path(name).name != name:
-            raise ValueError(f"{what}: config.json names the file {name!r}, which is not a plain file name.")
-    estimator_class = getattr(estimators, class_name, None) if isinstance(class_name, str) else None
-    if not (isinstance(estimator_class, type) and issubclass(estimator_class, BaseDeepEstimator)):
+            raise ValueError(
+                f"{what}: config.json names the file {name!r}, which is not a plain file name."
+            )
+    estimator_class = (
+        getattr(estimators, class_name, None) if isinstance(class_name, str) else None
+    )
+    if not (
+        isinstance(estimator_class, type)
+        and issubclass(estimator_class, BaseDeepEstimator)
+    ):
         raise ValueError(
             f"{what}: unknown estimator class {class_name!r}; expected one of "
             f"{sorted(estimators.__all__)}."
         )
 
     tensors = read_tensors(directory / weights_file, weights_sha256, what)
-    if not (directory / history_file).is_file() or sha256_file(directory / history_file) != history_sha256:
+    if (
+        not (directory / history_file).is_file()
+        or sha256_file(directory / history_file) != history_sha256
+    ):
         raise ValueError(
             f"{what}: {history_file} is missing or does not match the SHA-256 recorded "
             "when it was saved; it was modified, truncated or replaced."
         )
-    history = read_json(directory / history_file, what)
+    try:
+        history = decode_tree(read_json(directory / history_file, what), tensors)
+    except KeyError as exc:
+        raise ValueError(
+            f"{what}: the weights file lacks the tensor {exc} named in {history_file}."
+        ) from None
 
     try:
         estimator = estimator_class(**params)
@@ -419,14 +482,23 @@ def load(path, *, device=None):
     try:
         estimator._validate_params()
     except ValueError as exc:
-        raise ValueError(f"{what}: config.json holds an invalid parameter value ({exc}).") from None
-    estimator.device = _loading_device(params.get("device", "auto"), device, resolve_device)
+        raise ValueError(
+            f"{what}: config.json holds an invalid parameter value ({exc})."
+        ) from None
+    estimator.device = _loading_device(
+        params.get("device", "auto"), device, resolve_device
+    )
     target = resolve_device(estimator.device)
 
     try:
-        attributes = {name: decode_tree(value, tensors) for name, value in stored_attributes.items()}
+        attributes = {
+            name: decode_tree(value, tensors)
+            for name, value in stored_attributes.items()
+        }
     except KeyError as exc:
-        raise ValueError(f"{what}: the weights file lacks the tensor {exc} named in config.json.") from None
+        raise ValueError(
+            f"{what}: the weights file lacks the tensor {exc} named in config.json."
+        ) from None
     for name, value in attributes.items():
         setattr(estimator, name, value)
     _rebuild_net(estimator, resolved, target, tensors, history, what)
@@ -459,10 +531,14 @@ def _rebuild_net(estimator, resolved, device, tensors, history, what) -> None:
 
     try:
         if estimator.input_kind_ == "tabular":
-            source = TabularInput(data=np.zeros((0, estimator.n_features_in_), dtype=np.float32))
+            source = TabularInput(
+                data=np.zeros((0, estimator.n_features_in_), dtype=np.float32)
+            )
         else:
             source = ImageInput(
-                n_samples=0, channels=estimator.n_channels_, size=tuple(estimator.image_size_),
+                n_samples=0,
+                channels=estimator.n_channels_,
+                size=tuple(estimator.image_size_),
                 dtype=np.dtype(estimator.input_dtype_),
                 source_shape=estimator.input_shape_,
             )
@@ -478,14 +554,19 @@ def _rebuild_net(estimator, resolved, device, tensors, history, what) -> None:
     with torch.random.fork_rng(devices=[]):
         model = estimator._build_model(source, config)
     weights = {
-        name[len(_MODULE_PREFIX):]: tensor
+        name[len(_MODULE_PREFIX) :]: tensor
         for name, tensor in tensors.items()
         if name.startswith(_MODULE_PREFIX)
     }
     check_state_dict(model.state_dict(), weights, what)
     model.load_state_dict(weights)
-    estimator.net_ = estimator._build_net(model, config, device, 0, _InputDataset(source, device))
+    estimator.net_ = estimator._build_net(
+        model, config, device, 0, _InputDataset(source, device)
+    )
     estimator.net_.initialize()
     estimator.net_.history = History(history)
     estimator.history_ = estimator.net_.history
-    estimator._resolved_config = {"backbone": resolved["backbone"], "max_epochs": resolved["max_epochs"]}
+    estimator._resolved_config = {
+        "backbone": resolved["backbone"],
+        "max_epochs": resolved["max_epochs"],
+    }

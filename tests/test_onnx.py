@@ -105,10 +105,10 @@ def _estimator_output(estimator, name, X):
         return estimator.predict(X)
     if name == "probabilities":
         return estimator.predict_proba(X)
+    # The other outputs share their name with a transform_output value.
     old = estimator.transform_output
     try:
-        estimator.set_params(transform_output={"embedding": "embedding", "heads": "heads",
-                                               "instance": "instance"}[name])
+        estimator.set_params(transform_output=name)
         return estimator.transform(X)
     finally:
         estimator.set_params(transform_output=old)
@@ -153,7 +153,7 @@ def test_export_single_checked_file_with_metadata(fitted, name):
     # Check that the export is one valid ONNX file whose metadata describes the model.
     estimator, path = fitted(name)
     # No external-data file (model.onnx.data) next to any export.
-    assert [f for f in os.listdir(os.path.dirname(path)) if not f.endswith(".onnx")] == []
+    assert [f.name for f in path.parent.iterdir() if f.suffix != ".onnx"] == []
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
     assert {op.domain: op.version for op in model.opset_import}[""] == 18
@@ -175,7 +175,7 @@ def test_export_single_checked_file_with_metadata(fitted, name):
             "input_format", "uint8_nhwc" if estimator.input_dtype_ == "uint8" else "float_nchw"
         )
         assert meta["input_format"] == expected
-    graph_input = onnxruntime.InferenceSession(path).get_inputs()[0]
+    graph_input = onnxruntime.InferenceSession(str(path)).get_inputs()[0]
     assert isinstance(graph_input.shape[0], str)  # dynamic batch
     if meta["input_format"] == "uint8_nhwc":
         assert graph_input.type == "tensor(uint8)"
@@ -201,7 +201,6 @@ def test_export_static_batch_quiet_and_restores_training(tmp_path, capfd):
     clusterer = OnnxClusterer(path, batch_size=4)
     assert clusterer.session.get_inputs()[0].shape[0] == 1
     X = _TABULAR[:5]
-    estimator._model().eval()
     np.testing.assert_allclose(clusterer.transform(X), estimator.transform(X),
                                rtol=1e-3, atol=1e-5)
 
@@ -235,6 +234,8 @@ def test_export_errors(fitted, tmp_path):
     estimator, _ = fitted("cdc_mlp")
     with pytest.raises(ValueError, match=r"available outputs are \['labels', 'probabilities'"):
         export_onnx(estimator, tmp_path / "m.onnx", outputs=["heads"])
+    with pytest.raises(ValueError, match=r"unknown name\(s\) \['banana'\]"):
+        estimator.export_onnx(tmp_path / "m.onnx", outputs="banana")
     with pytest.raises(ValueError, match="applies to image models only"):
         export_onnx(estimator, tmp_path / "m.onnx", input_format="uint8_nhwc")
     with pytest.raises(ValueError, match="input_format must be one of"):
@@ -359,7 +360,7 @@ def test_clusterer_params_clone_and_pickle(fitted):
     assert clusterer.get_params() == {"path": path, "providers": None, "batch_size": 4}
     assert clusterer.fit() is clusterer
     assert clusterer.__sklearn_is_fitted__()
-    assert repr(clusterer) == f"OnnxClusterer({path!r}, batch_size=4)"
+    assert repr(clusterer) == f"OnnxClusterer({str(path)!r}, batch_size=4)"
     copy = clone(clusterer)
     assert copy.get_params() == clusterer.get_params() and copy is not clusterer
     X = _test_images("cdc_mlp", 6)
@@ -399,7 +400,7 @@ import sys
 sys.modules["torch"] = None
 sys.modules["sklearn"] = None
 from deepclust.onnx import OnnxClusterer
-labels = OnnxClusterer({path!r}).predict({str(tmp_path / "images.npy")!r})
+labels = OnnxClusterer({str(path)!r}).predict({str(tmp_path / "images.npy")!r})
 print(labels.tolist(), sorted(m for m in sys.modules if m.startswith("deepclust")))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

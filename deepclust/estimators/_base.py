@@ -318,6 +318,10 @@ class _EpochProgress(Callback):
     def on_train_end(self, net, **kwargs):
         self.bar_.close()
 
+    def __getstate__(self):
+        # A tqdm bar holds its output stream, which cannot be pickled.
+        return {**self.__dict__, "bar_": None}
+
 
 class TwoViewObjective(torch.nn.Module):
     """Training objective on two augmented views of each batch.
@@ -375,7 +379,8 @@ class ContrastiveNet(NeuralNet):
             torch.utils.data.RandomSampler(dataset, generator=self.shuffle_generator_)
             if training else torch.utils.data.SequentialSampler(dataset),
             self.batch_size,
-            drop_last=False,
+            # A lone trailing sample cannot be contrasted and breaks BatchNorm.
+            drop_last=training and len(dataset) % self.batch_size == 1,
         )
         return torch.utils.data.DataLoader(
             dataset, sampler=sampler, batch_size=None, **self.get_params_for("iterator_train")
@@ -397,7 +402,7 @@ class ContrastiveNet(NeuralNet):
         return pickle_generators(super().__getstate__())
 
     def __setstate__(self, state):
-        generators = unpickle_generators(self, state)
+        generators = unpickle_generators(state)
         super().__setstate__(state)
         restore_generators(self, generators)
 
@@ -417,7 +422,7 @@ class ContrastiveNet(NeuralNet):
             epoch = len(self.history)
             batch_index = len(self.history[-1]["batches"])
             raise TrainingDivergedError(
-                f"The training loss became {float(loss)} at epoch {epoch}, batch "
+                f"The training loss became {float(loss.detach())} at epoch {epoch}, batch "
                 f"{batch_index}. Try a lower lr, gradient clipping (grad_clip_norm=1.0) "
                 "or precision='fp32'."
             )
@@ -490,6 +495,11 @@ class BaseDeepEstimator(BaseEstimator):
         source = read_input(X, image_size=image_size, data_format=self.data_format,
                             on_error=self.on_error)
         check_min_samples(source, 2, what="contrastive training compares samples with each other")
+        if isinstance(source, ImageInput) and min(source.size) < 2:
+            raise InputError(
+                f"X yields images of size (H, W) = {tuple(source.size)}; training needs "
+                "images of at least 2x2 pixels (pass image_size to upsample them)."
+            )
         return source
 
     def _set_input_attributes(self, source):
@@ -674,6 +684,39 @@ class BaseDeepEstimator(BaseEstimator):
         finally:
             model.train(was_training)
         return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def _checked_transform_output(self) -> str:
+        """``transform_output``, validated here too since it may be set after fit."""
+        if self.transform_output not in self._transform_outputs:
+            raise ValueError(
+                f"transform_output must be one of {list(self._transform_outputs)}; "
+                f"got {self.transform_output!r}."
+            )
+        return self.transform_output
+
+    def export_onnx(self, path, **kwargs):
+        """Export the fitted model to a single self-contained ONNX file.
+
+        The graph takes raw input as users hold it (uint8 NHWC images by default)
+        and contains the scaling; see :func:`deepclust.onnx.export_onnx` for the
+        options (``outputs``, ``input_format``, ``opset``). Use
+        :class:`deepclust.onnx.OnnxClusterer` to run it without torch.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write the .onnx file.
+        **kwargs
+            Passed to :func:`deepclust.onnx.export_onnx`.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The written file.
+        """
+        from deepclust.onnx import export_onnx
+
+        return export_onnx(self, path, **kwargs)
 
     def embed(self, X) -> np.ndarray:
         """Backbone embeddings h = f(x) of shape (n_samples, backbone_dim)."""

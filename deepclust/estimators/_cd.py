@@ -112,6 +112,7 @@ class ContrastiveDisentangler(TransformerMixin, ClassNamePrefixFeaturesOutMixin,
     """
 
     __init__ = keyword_init(_CD_DEFAULTS)
+    _transform_outputs = ("heads", "embedding")
 
     _parameter_constraints: dict = {
         **SHARED_CONSTRAINTS,
@@ -120,7 +121,7 @@ class ContrastiveDisentangler(TransformerMixin, ClassNamePrefixFeaturesOutMixin,
         "instance_temperature": [Interval(Real, 0, None, closed="neither")],
         "feature_temperature": [Interval(Real, 0, None, closed="neither")],
         "entropy_weight": [Interval(Real, None, None, closed="neither")],
-        "transform_output": [StrOptions({"heads", "embedding"})],
+        "transform_output": [StrOptions(set(_transform_outputs))],
     }
 
     def __sklearn_tags__(self):
@@ -156,13 +157,13 @@ class ContrastiveDisentangler(TransformerMixin, ClassNamePrefixFeaturesOutMixin,
         X_new : ndarray of shape (n_samples, n_heads) or (n_samples, backbone_dim)
             float32; see ``transform_output``.
         """
-        if self.transform_output == "embedding":
+        if self._checked_transform_output() == "embedding":
             return self.embed(X)
         return self._map_batches(X, lambda model, unit: model(unit)[1])
 
     @property
     def _n_features_out(self):
-        if self.transform_output == "embedding":
+        if self._checked_transform_output() == "embedding":
             return self._model().projector[0].in_features
         return self.n_heads
 

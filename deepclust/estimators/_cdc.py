@@ -175,6 +175,7 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
     """
 
     __init__ = keyword_init(_CDC_DEFAULTS, positional=("n_clusters",))
+    _transform_outputs = ("proba", "embedding", "instance")
 
     _parameter_constraints: dict = {
         **SHARED_CONSTRAINTS,
@@ -189,7 +190,7 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
         "self_label_epochs": [Interval(Integral, 0, None, closed="left")],
         "self_label_threshold": [Interval(Real, 0, 1, closed="left")],
         "self_label_lr": [Interval(Real, 0, None, closed="neither")],
-        "transform_output": [StrOptions({"proba", "embedding", "instance"})],
+        "transform_output": [StrOptions(set(_transform_outputs))],
     }
 
     def __sklearn_tags__(self):
@@ -289,17 +290,19 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
         X_new : ndarray of shape (n_samples, n_features_out)
             float32; see ``transform_output``.
         """
-        if self.transform_output == "embedding":
+        output = self._checked_transform_output()
+        if output == "embedding":
             return self.embed(X)
-        if self.transform_output == "instance":
+        if output == "instance":
             return self._map_batches(X, _instance_embedding)
         return self.predict_proba(X)
 
     @property
     def _n_features_out(self):
-        if self.transform_output == "embedding":
+        output = self._checked_transform_output()
+        if output == "embedding":
             return self._model().head[0].in_features
-        if self.transform_output == "instance":
+        if output == "instance":
             return self.instance_dim
         return self.n_clusters
 
@@ -328,7 +331,7 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
         sizes = torch.bincount(torch.cat([labels1, labels2]), minlength=self.n_clusters)
         shares = sizes[sizes > 0].float() / sizes.sum()
         balance = float(-(shares * shares.log()).sum() / np.log(self.n_clusters))
-        return agreement * balance
+        return max(0.0, agreement * balance)  # never -0.0 for a single cluster
 
 
 def _cluster_probabilities(model, unit):

@@ -49,10 +49,20 @@ _WEIGHTS_NAME = "checkpoint-epoch{:05d}.safetensors"
 _WEIGHTS_GLOB = "checkpoint-epoch*.safetensors"
 _GENERATORS = ("shuffle_generator_", "augment_generator_")
 # Parameters that do not change what is trained: a fit may resume with other values.
-_NOT_COMPARED = frozenset({
-    "callbacks", "checkpoint_dir", "checkpoint_every", "compile", "device", "num_workers",
-    "on_error", "predict_batch_size", "resume", "verbose",
-})
+_NOT_COMPARED = frozenset(
+    {
+        "callbacks",
+        "checkpoint_dir",
+        "checkpoint_every",
+        "compile",
+        "device",
+        "num_workers",
+        "on_error",
+        "predict_batch_size",
+        "resume",
+        "verbose",
+    }
+)
 
 
 def check_checkpoint_params(estimator) -> None:
@@ -75,7 +85,7 @@ def generator_state(generator: torch.Generator) -> dict:
 
 
 def make_generator(saved: dict, device, fallback_seed: int) -> torch.Generator:
-    """A generator on ``device`` with the saved state, or seeded anew if the device differs.
+    """A generator on ``device`` with the saved state (seeded anew on another device).
 
     A generator's state only makes sense on its own kind of device (the CPU
     Mersenne Twister and the CUDA Philox states differ), so a generator saved on
@@ -101,16 +111,24 @@ def pickle_generators(state: dict) -> dict:
     return state
 
 
-def unpickle_generators(net, state: dict) -> dict:
-    """Take the generator dicts out of ``state``; call :func:`restore_generators` after."""
-    return {name: state.pop(name) for name in _GENERATORS if isinstance(state.get(name), dict)}
+def unpickle_generators(state: dict) -> dict:
+    """Take the generator dicts out of ``state`` for :func:`restore_generators`."""
+    return {
+        name: state.pop(name)
+        for name in _GENERATORS
+        if isinstance(state.get(name), dict)
+    }
 
 
 def restore_generators(net, saved: dict) -> None:
     """Rebuild generators removed by :func:`unpickle_generators` on the net's device."""
     for offset, name in enumerate(_GENERATORS):
         if name in saved:
-            setattr(net, name, make_generator(saved[name], net.device, net.generator_seed + offset))
+            setattr(
+                net,
+                name,
+                make_generator(saved[name], net.device, net.generator_seed + offset),
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -159,7 +177,9 @@ class TrainingRecovery(Callback):
     def on_train_begin(self, net, **kwargs):
         epoch = len(net.history)
         self.completed_epoch_ = self.snapshot_epoch_ = epoch
-        self.snapshot_ = _cpu_copy(net.unwrapped_module().state_dict()) if epoch else None
+        self.snapshot_ = (
+            _cpu_copy(net.unwrapped_module().state_dict()) if epoch else None
+        )
         if self.scheduler_state_ is not None:
             # skorch creates the scheduler in its own on_train_begin, which runs
             # before this one: only now can a resumed fit restore its state.
@@ -189,7 +209,9 @@ class TrainingRecovery(Callback):
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+    return {
+        name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()
+    }
 
 
 def _all_finite(state: dict[str, torch.Tensor]) -> bool:
@@ -227,20 +249,35 @@ def write_checkpoint(net, module_state, directory, fingerprint) -> None:
         "deepclust_version": __version__,
         "fit": fingerprint,
         "epoch": epoch,
-        "module": encode_tree(module_state, tensors, "module", where="the module state"),
-        "optimizer": encode_tree(net.optimizer_.state_dict(), tensors, "optimizer",
-                                 where="the optimizer state"),
-        "lr_scheduler": None if scheduler is None else encode_tree(
-            scheduler.state_dict(), tensors, "lr_scheduler", where="the scheduler state"),
+        "module": encode_tree(
+            module_state, tensors, "module", where="the module state"
+        ),
+        "optimizer": encode_tree(
+            net.optimizer_.state_dict(),
+            tensors,
+            "optimizer",
+            where="the optimizer state",
+        ),
+        "lr_scheduler": None
+        if scheduler is None
+        else encode_tree(
+            scheduler.state_dict(), tensors, "lr_scheduler", where="the scheduler state"
+        ),
         "generators": {
-            name: encode_tree(generator_state(getattr(net, name)), tensors, f"generators.{name}")
+            name: encode_tree(
+                generator_state(getattr(net, name)), tensors, f"generators.{name}"
+            )
             for name in _GENERATORS
         },
-        "history": encode_tree(net.history.to_list(), tensors, "history", where="the history"),
+        "history": encode_tree(
+            net.history.to_list(), tensors, "history", where="the history"
+        ),
     }
     weights = _WEIGHTS_NAME.format(epoch)
     write_tensors(directory / weights, tensors)
-    content.update(weights_file=weights, weights_sha256=sha256_file(directory / weights))
+    content.update(
+        weights_file=weights, weights_sha256=sha256_file(directory / weights)
+    )
     write_json(directory / CHECKPOINT_FILE, content)
     for old in directory.glob(_WEIGHTS_GLOB):
         if old.name != weights:
@@ -264,13 +301,21 @@ def read_checkpoint(directory) -> dict | None:
     try:
         weights = content["weights_file"]
         if not isinstance(weights, str) or Path(weights).name != weights:
-            raise ValueError(f"{what}: checkpoint.json names the file {weights!r}, which is not a plain file name.")
-        tensors = read_tensors(Path(directory) / weights, content["weights_sha256"], what)
+            raise ValueError(
+                f"{what}: checkpoint.json names the file {weights!r}, which is not a plain file name."
+            )
+        tensors = read_tensors(
+            Path(directory) / weights, content["weights_sha256"], what
+        )
         # The fingerprint stays encoded: it is compared with a fresh encoded one.
-        return {key: value if key == "fit" else decode_tree(value, tensors)
-                for key, value in content.items()}
+        return {
+            key: value if key == "fit" else decode_tree(value, tensors)
+            for key, value in content.items()
+        }
     except KeyError as exc:
-        raise ValueError(f"{what}: the checkpoint lacks the entry {exc}; it was edited or truncated.") from None
+        raise ValueError(
+            f"{what}: the checkpoint lacks the entry {exc}; it was edited or truncated."
+        ) from None
 
 
 def fingerprint(estimator, n_samples: int, total_epochs: int) -> dict:
@@ -282,15 +327,21 @@ def fingerprint(estimator, n_samples: int, total_epochs: int) -> dict:
     }
     inputs = {
         name: getattr(estimator, name, None)
-        for name in ("input_kind_", "n_features_in_", "input_shape_", "image_size_",
-                     "n_channels_", "input_dtype_")
+        for name in (
+            "input_kind_",
+            "n_features_in_",
+            "input_shape_",
+            "image_size_",
+            "n_channels_",
+            "input_dtype_",
+        )
     }
     description = {
         "class": type(estimator).__name__,
         "params": params,
         "input": {name: _describe(value) for name, value in inputs.items()},
-        "n_samples": n_samples,
-        "total_epochs": total_epochs,
+        "n_samples": int(n_samples),
+        "total_epochs": int(total_epochs),
     }
     # A JSON round trip gives the exact form that is read back from disk.
     return json.loads(json.dumps(description))
@@ -310,8 +361,10 @@ def _describe(value):
 
 def _check_fingerprint(stored, current, directory) -> None:
     def differ(label, saved, value):
-        differences.append(f"{label}: {decode_tree(saved, {})!r} in the checkpoint, "
-                           f"{decode_tree(value, {})!r} now")
+        differences.append(
+            f"{label}: {decode_tree(saved, {})!r} in the checkpoint, "
+            f"{decode_tree(value, {})!r} now"
+        )
 
     differences = []
     for key in ("class", "n_samples", "total_epochs"):
@@ -339,11 +392,18 @@ def _restore_training_state(net, checkpoint, directory) -> None:
     try:
         net.optimizer_.load_state_dict(checkpoint["optimizer"])
     except (KeyError, ValueError) as exc:
-        raise ValueError(f"{what}: its optimizer state does not fit the model ({exc}).") from None
+        raise ValueError(
+            f"{what}: its optimizer state does not fit the model ({exc})."
+        ) from None
     net.history = History(checkpoint["history"])
     for offset, name in enumerate(_GENERATORS):
-        setattr(net, name, make_generator(checkpoint["generators"][name], net.device,
-                                          net.generator_seed + offset))
+        setattr(
+            net,
+            name,
+            make_generator(
+                checkpoint["generators"][name], net.device, net.generator_seed + offset
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -372,23 +432,29 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
     from deepclust.estimators._base import TrainingDivergedError
 
     net = estimator.net_
-    estimator._resolved_config = {"backbone": config["backbone"], "max_epochs": config["max_epochs"]}
+    estimator._resolved_config = {
+        "backbone": config["backbone"],
+        "max_epochs": config["max_epochs"],
+    }
     recovery = TrainingRecovery(
-        estimator.checkpoint_dir, estimator.checkpoint_every,
+        estimator.checkpoint_dir,
+        estimator.checkpoint_every,
         fingerprint(estimator, len(dataset), net.max_epochs),
     )
     # After the learning-rate scheduler (checkpoints hold its stepped state),
     # before the user's callbacks (EarlyStopping stops with KeyboardInterrupt).
-    net.callbacks.insert(len(net.callbacks) - len(estimator.callbacks or []),
-                         ("recovery", recovery))
+    net.callbacks.insert(
+        len(net.callbacks) - len(estimator.callbacks or []), ("recovery", recovery)
+    )
 
     checkpoint = None
     try:
         if estimator.resume:
             checkpoint = read_checkpoint(estimator.checkpoint_dir)
         if checkpoint is not None:
-            _check_fingerprint(checkpoint["fit"] or {}, recovery.fingerprint,
-                               estimator.checkpoint_dir)
+            _check_fingerprint(
+                checkpoint["fit"] or {}, recovery.fingerprint, estimator.checkpoint_dir
+            )
             net.initialize()
             _restore_training_state(net, checkpoint, estimator.checkpoint_dir)
             recovery.scheduler_state_ = checkpoint["lr_scheduler"]
@@ -399,14 +465,19 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
         if checkpoint is None:
             net.fit(dataset, None)
         else:
-            net.partial_fit(dataset, None, epochs=max(0, net.max_epochs - len(net.history)))
+            net.partial_fit(
+                dataset, None, epochs=max(0, net.max_epochs - len(net.history))
+            )
     except Exception as error:
         if not _restore_snapshot(net, recovery):
             _forget(estimator)
             raise
-        _add_note(error, f"deepclust kept the weights of epoch {recovery.snapshot_epoch_}, "
-                         "the last epoch with finite weights: the estimator is fitted "
-                         f"with them (n_epochs_={recovery.snapshot_epoch_}).")
+        _add_note(
+            error,
+            f"deepclust kept the weights of epoch {recovery.snapshot_epoch_}, "
+            "the last epoch with finite weights: the estimator is fitted "
+            f"with them (n_epochs_={recovery.snapshot_epoch_}).",
+        )
         return error
 
     trained = len(net.history)
@@ -417,25 +488,30 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
             if interrupted:
                 raise KeyboardInterrupt(
                     f"Training was interrupted during epoch {trained}, before any "
-                    "epoch completed; the estimator is not fitted.")
+                    "epoch completed; the estimator is not fitted."
+                )
             raise TrainingDivergedError(
                 f"The weights became NaN or infinite at epoch {trained} and no earlier "
                 "epoch had finite weights. Try a lower lr, gradient clipping "
-                "(grad_clip_norm=1.0) or precision='fp32'.")
+                "(grad_clip_norm=1.0) or precision='fp32'."
+            )
         kept = recovery.snapshot_epoch_
         if not interrupted:
             return TrainingDivergedError(
                 f"The weights became NaN or infinite at epoch {recovery.completed_epoch_}; "
                 f"the estimator keeps the weights of epoch {kept}, the last finite ones. "
-                "Try a lower lr, gradient clipping (grad_clip_norm=1.0) or precision='fp32'.")
-        resume = ""
+                "Try a lower lr, gradient clipping (grad_clip_norm=1.0) or precision='fp32'."
+            )
+        hint = ""
         if recovery.checkpoint_epoch_ is not None or checkpoint is not None:
-            resume = (f" Fit again with resume=True to continue from the checkpoint in "
-                      f"{str(estimator.checkpoint_dir)!r}.")
+            hint = (
+                f" Fit again with resume=True to continue from the checkpoint in "
+                f"{str(estimator.checkpoint_dir)!r}."
+            )
         warnings.warn(
             f"Training was interrupted (KeyboardInterrupt) during epoch {trained}; the "
             f"estimator is fitted with the weights of epoch {kept}, the last completed "
-            f"epoch.{resume}",
+            f"epoch.{hint}",
             UserWarning,
             stacklevel=3,
         )
@@ -447,14 +523,16 @@ def _restore_snapshot(net, recovery) -> bool:
     if getattr(recovery, "snapshot_", None) is None:
         return False
     net.unwrapped_module().load_state_dict(recovery.snapshot_)
-    del net.history[recovery.snapshot_epoch_:]
+    del net.history[recovery.snapshot_epoch_ :]
     recovery.snapshot_ = None
     return True
 
 
 def _forget(estimator) -> None:
-    """Leave the estimator unfitted: its fitted attributes would not match each other."""
-    for name in [n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")]:
+    """Leave the estimator unfitted: its fitted attributes would not match."""
+    for name in [
+        n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")
+    ]:
         delattr(estimator, name)
 
 

@@ -79,8 +79,8 @@ def test_entropy_weight_zero_drops_entropy_term(blobs):
     cd = ContrastiveDisentangler(**{**TINY, "max_epochs": 1, "entropy_weight": 0.0})
     cd.fit(blobs[0])
     batch = cd.history_[-1, "batches", 0]
-    np.testing.assert_allclose(batch["train_loss"],
-                               batch["instance_loss"] + batch["feature_loss"], rtol=1e-5)
+    expected = batch["instance_loss"] + batch["feature_loss"]
+    np.testing.assert_allclose(batch["train_loss"], expected, rtol=1e-5)
 
 
 def test_pipeline_with_kmeans(blobs):

@@ -1,4 +1,4 @@
-"""Common tests of the deepclust estimators: scikit-learn's checks and the shared API."""
+"""Testing for the API shared by the deepclust estimators, and sklearn's checks."""
 
 import functools
 import pickle
@@ -8,21 +8,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skorch.callbacks import Callback, EarlyStopping
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch.callbacks import Callback, EarlyStopping
 
 from deepclust import CDCClusterer, ContrastiveDisentangler
-from deepclust._inputs import InputError
+from deepclust._inputs import InputError, read_input
 from deepclust.backbones import MLP, FrozenBackbone, SmallCNN, make_backbone
+from deepclust.estimators import _base
 
 # Tiny CDC fits often leave a cluster empty; that warning is tested in test_cdc.py.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 ESTIMATORS = [ContrastiveDisentangler, CDCClusterer]
 ESTIMATOR_IDS = ["CD", "CDC"]
-parametrize_estimators = pytest.mark.parametrize("Estimator", ESTIMATORS, ids=ESTIMATOR_IDS)
+parametrize_estimators = pytest.mark.parametrize(
+    "Estimator", ESTIMATORS, ids=ESTIMATOR_IDS
+)
 
 # Smallest heads of each estimator; tests add what they need on top.
 _OWN_PARAMS = {
@@ -259,6 +262,35 @@ def test_n_epochs_and_history_length(Estimator, blobs):
     assert [len(epoch["batches"]) for epoch in estimator.history_] == [4, 4]
 
 
+@parametrize_estimators
+def test_pickle_after_verbose_fit(Estimator, blobs):
+    # Check that an estimator fitted with a progress bar can be pickled.
+    estimator = tiny(Estimator, verbose=1).fit(blobs[0])
+    restored = pickle.loads(pickle.dumps(estimator))
+    np.testing.assert_array_equal(restored.transform(blobs[0]),
+                                  estimator.transform(blobs[0]))
+
+
+@parametrize_estimators
+def test_numpy_integer_params(Estimator, blobs):
+    # Check that numpy integers are accepted wherever an int is, as they come
+    # out of np.arange in parameter grids.
+    estimator = tiny(Estimator, max_epochs=np.int64(2), batch_size=np.int64(16),
+                     random_state=np.int64(0)).fit(blobs[0])
+    assert estimator.n_epochs_ == 2
+    expected = tiny(Estimator, max_epochs=2).fit(blobs[0]).transform(blobs[0])
+    np.testing.assert_array_equal(estimator.transform(blobs[0]), expected)
+
+
+@parametrize_estimators
+def test_invalid_transform_output_after_fit(Estimator, blobs):
+    # Check that transform rejects an invalid transform_output set after fit.
+    estimator = tiny(Estimator).fit(blobs[0])
+    estimator.set_params(transform_output="bogus")
+    with pytest.raises(ValueError, match="transform_output"):
+        estimator.transform(blobs[0])
+
+
 # ---------------------------------------------------------------------------
 # Accepted inputs
 # ---------------------------------------------------------------------------
@@ -274,24 +306,32 @@ def _save_pngs(images, folder):
     return paths
 
 
-# name -> (function building X from the RGB and gray fixtures and a folder,
-#          expected n_channels_). Lists of files are resized nowhere: all 8x8.
-_INPUT_KINDS = {
-    "nhwc_uint8": (lambda rgb, gray, folder: rgb, 3),
-    "nchw_float": (lambda rgb, gray, folder: rgb.transpose(0, 3, 1, 2) / np.float32(255), 3),
-    "nhw_gray": (lambda rgb, gray, folder: gray, 1),
-    "pil_list": (lambda rgb, gray, folder: [Image.fromarray(im) for im in rgb], 3),
-    "path_list": (lambda rgb, gray, folder: _save_pngs(rgb, folder), 3),
-    "directory": (lambda rgb, gray, folder: (_save_pngs(gray, folder), str(folder))[1], 1),
-}
+def _image_input(kind, rgb, gray, folder):
+    """The 8x8 images ``rgb`` (NHWC uint8) or ``gray`` as input of the given kind."""
+    if kind == "nhwc_uint8":
+        return rgb
+    if kind == "nchw_float":
+        return rgb.transpose(0, 3, 1, 2) / np.float32(255)
+    if kind == "nhw_gray":
+        return gray
+    if kind == "pil_list":
+        return [Image.fromarray(image) for image in rgb]
+    if kind == "path_list":
+        return _save_pngs(rgb, folder)
+    _save_pngs(gray, folder)
+    return str(folder)
 
 
 @parametrize_estimators
-@pytest.mark.parametrize("kind", list(_INPUT_KINDS))
-def test_image_inputs_accepted(Estimator, kind, shape_images, gray_images, tmp_path):
+@pytest.mark.parametrize(
+    "kind, channels",
+    [("nhwc_uint8", 3), ("nchw_float", 3), ("nhw_gray", 1), ("pil_list", 3),
+     ("path_list", 3), ("directory", 1)],
+)
+def test_image_inputs_accepted(Estimator, kind, channels, shape_images, gray_images,
+                               tmp_path):
     # Check that every kind of image input fits, and transforms to one row per image.
-    build, channels = _INPUT_KINDS[kind]
-    X = build(shape_images[0], gray_images[0], tmp_path / "images")
+    X = _image_input(kind, shape_images[0], gray_images[0], tmp_path / "images")
     estimator = tiny(Estimator).fit(X)
     assert estimator.input_kind_ == "image"
     assert estimator.n_channels_ == channels
@@ -314,7 +354,8 @@ def test_tabular_input_accepted(Estimator, fitted_on_blobs, blobs):
 def test_images_of_different_sizes_resized(Estimator, shape_images):
     # Check that a list of images of different sizes is resized to image_size.
     rgb = shape_images[0]
-    images = [Image.fromarray(im).resize((8 + i % 3, 8 + i % 5)) for i, im in enumerate(rgb)]
+    images = [Image.fromarray(image).resize((8 + i % 3, 8 + i % 5))
+              for i, image in enumerate(rgb)]
     estimator = tiny(Estimator, image_size=8).fit(images)
     assert estimator.image_size_ == (8, 8)
     assert estimator.transform(images).shape == (24, n_outputs(estimator))
@@ -332,13 +373,14 @@ def test_transform_resizes_pil_images(Estimator, fitted_on_images, shape_images)
 @pytest.mark.parametrize(
     "fitted_on, X, match",
     [
-        ("images", np.zeros((3, 12, 12, 3), dtype=np.uint8), r"got shape \(3, 12, 12\)"),
-        ("images", np.zeros((3, 8, 8), dtype=np.uint8), r"got shape \(1, 8, 8\)"),
+        ("images", np.zeros((3, 12, 12, 3), np.uint8), r"got shape \(3, 12, 12\)"),
+        ("images", np.zeros((3, 8, 8), np.uint8), r"got shape \(1, 8, 8\)"),
         ("images", np.zeros((3, 4)), "images are expected"),
         ("blobs", np.zeros((3, 3)), "X has 3 features"),
-        ("blobs", np.zeros((3, 8, 8, 3), dtype=np.uint8), "fitted on tabular data"),
+        ("blobs", np.zeros((3, 8, 8, 3), np.uint8), "fitted on tabular data"),
     ],
-    ids=["image_size", "channels", "tabular_for_images", "n_features", "images_for_tabular"],
+    ids=["image_size", "channels", "tabular_for_images", "n_features",
+         "images_for_tabular"],
 )
 def test_predict_input_must_match_fit(Estimator, fitted_on, X, match, fitted_on_images,
                                       fitted_on_blobs):
@@ -346,6 +388,39 @@ def test_predict_input_must_match_fit(Estimator, fitted_on, X, match, fitted_on_
     fitted = {"images": fitted_on_images, "blobs": fitted_on_blobs}[fitted_on]
     with pytest.raises(InputError, match=match):
         fitted[Estimator].transform(X)
+
+
+@pytest.fixture
+def streamed_training(monkeypatch):
+    """Make fit stream batches through a DataLoader instead of uploading the data."""
+    monkeypatch.setattr(_base, "_MATERIALIZE_BYTES", 0)
+
+
+@parametrize_estimators
+def test_streamed_training(Estimator, shape_images, streamed_training):
+    # Check that training from a streamed (not materialised) input works and is
+    # reproducible.
+    X = shape_images[0]
+    assert _base._InputDataset(read_input(X), torch.device("cpu")).tensor is None
+    first = tiny(Estimator).fit(X)
+    second = tiny(Estimator).fit(X)
+    np.testing.assert_array_equal(first.transform(X), second.transform(X))
+    assert first.transform(X).shape == (24, n_outputs(first))
+
+
+@parametrize_estimators
+def test_streamed_training_lone_last_sample(Estimator, shape_images, streamed_training):
+    # Check that a last batch of a single sample does not break streamed training.
+    X = shape_images[0][:17]
+    assert tiny(Estimator).fit(X).transform(X).shape == (17, n_outputs(tiny(Estimator)))
+
+
+@parametrize_estimators
+def test_lone_last_sample(Estimator, shape_images):
+    # Check that a last batch of a single sample does not break training on
+    # materialised data.
+    X = shape_images[0][:17]
+    assert tiny(Estimator).fit(X).transform(X).shape == (17, n_outputs(tiny(Estimator)))
 
 
 # ---------------------------------------------------------------------------
@@ -356,7 +431,8 @@ def test_predict_input_must_match_fit(Estimator, fitted_on, X, match, fitted_on_
 @pytest.mark.parametrize(
     "Estimator, params, name",
     [
-        (ContrastiveDisentangler, {"instance_temperature": -0.5}, "instance_temperature"),
+        (ContrastiveDisentangler, {"instance_temperature": -0.5},
+         "instance_temperature"),
         (ContrastiveDisentangler, {"feature_temperature": 0.0}, "feature_temperature"),
         (CDCClusterer, {"temperature": -0.1}, "temperature"),
         (CDCClusterer, {"cluster_temperature": -0.1}, "cluster_temperature"),
@@ -372,7 +448,8 @@ def test_predict_input_must_match_fit(Estimator, fitted_on, X, match, fitted_on_
     ],
 )
 def test_invalid_parameter_raises(Estimator, params, name, blobs):
-    # Check that fit rejects an invalid parameter with a message naming it.
+    # Check that fit rejects an invalid parameter with a message naming it
+    # (\b keeps "temperature" from matching "cluster_temperature").
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         tiny(Estimator, **params).fit(blobs[0])
 
@@ -446,7 +523,8 @@ class _BackboneAtTrainBegin(Callback):
     """Copies the backbone's state dict just before training starts."""
 
     def on_train_begin(self, net, **kwargs):
-        self.state_ = {k: v.clone() for k, v in net.module_.backbone.state_dict().items()}
+        state = net.module_.backbone.state_dict()
+        self.state_ = {key: value.clone() for key, value in state.items()}
 
 
 def _assert_same_state(actual, expected):
@@ -461,8 +539,10 @@ def test_cosine_schedule_decays_lr(Estimator, blobs):
     # that cosine_schedule=False keeps it constant.
     lr = 1e-3
     cosine = tiny(Estimator, max_epochs=3, lr=lr).fit(blobs[0])
-    np.testing.assert_allclose(cosine.history_[:, "event_lr"], [lr, 0.75 * lr, 0.25 * lr])
-    constant = tiny(Estimator, max_epochs=3, lr=lr, cosine_schedule=False).fit(blobs[0])
+    np.testing.assert_allclose(cosine.history_[:, "event_lr"],
+                               [lr, 0.75 * lr, 0.25 * lr])
+    constant = tiny(Estimator, max_epochs=3, lr=lr, cosine_schedule=False)
+    constant.fit(blobs[0])
     np.testing.assert_allclose(constant.history_[:, "event_lr"], [lr] * 3)
 
 
@@ -488,8 +568,8 @@ def test_freeze_backbone(Estimator, shape_images):
     # Check that freeze_backbone=True leaves the backbone weights and BatchNorm
     # statistics unchanged while the heads train.
     recorder = _BackboneAtTrainBegin()
-    estimator = tiny(Estimator, freeze_backbone=True, max_epochs=2, callbacks=[recorder])
-    estimator.fit(shape_images[0])
+    estimator = tiny(Estimator, freeze_backbone=True, max_epochs=2,
+                     callbacks=[recorder]).fit(shape_images[0])
     model = estimator.net_.module_
     assert isinstance(model.backbone, FrozenBackbone)
     _assert_same_state(model.backbone.state_dict(), recorder.state_)
@@ -509,8 +589,8 @@ def test_backbone_weights_loaded(Estimator, gray_images, tmp_path):
     torch.save(backbone.state_dict(), path)
 
     recorder = _BackboneAtTrainBegin()
-    estimator = tiny(Estimator, backbone="resnet18", stem="cifar", backbone_weights=path,
-                     batch_size=8, callbacks=[recorder])
+    estimator = tiny(Estimator, backbone="resnet18", stem="cifar",
+                     backbone_weights=path, batch_size=8, callbacks=[recorder])
     estimator.fit(gray_images[0][:8])
     _assert_same_state(recorder.state_, backbone.state_dict())
     assert estimator.transform(gray_images[0][:3]).shape == (3, n_outputs(estimator))
