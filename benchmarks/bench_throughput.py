@@ -279,6 +279,10 @@ def _parse_args(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the deepclust network (compile time falls "
                              "in the warm-up steps)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the main process (default: "
+                             "torch's choice); on a busy machine with few cores, 1 "
+                             "avoids the threads' spin-waits")
     parser.add_argument("--paths", nargs="+", default=["deepclust", "reference"],
                         choices=["deepclust", "reference"])
     parser.add_argument("--json", metavar="OUT", default=None,
@@ -307,11 +311,15 @@ def _parse_args(argv=None):
         parser.error(f"--steps and --warmup must be >= 1, got {args.steps} and {args.warmup}.")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}.")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}.")
     return args, device
 
 
 def main(argv=None):
     args, device = _parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     print(f"device: {_device_description(device)}; torch {torch.__version__}; deepclust "
           f"precision={args.precision} (reference: fp32), compile={args.compile}; "

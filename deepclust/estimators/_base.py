@@ -164,6 +164,18 @@ callable, default="auto"
         integer give identical results.
 """
 
+SHARED_ATTRIBUTES_DOC = """
+    input_kind_ : {"image", "tabular"}
+    n_features_in_ : int
+        Number of features (tabular input only).
+    input_shape_ : tuple or None
+        (C, H, W) of the training array before resizing (None for files/PIL).
+    image_size_ : tuple
+        (H, W) the images are resized to.
+    n_channels_ : int
+        1 (grayscale) or 3 (RGB).
+"""
+
 SHARED_CONSTRAINTS: dict[str, list] = {
     "backbone": [StrOptions({"auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp"}), callable],
     "stem": [StrOptions({"auto", "imagenet", "cifar"})],

@@ -9,6 +9,7 @@ from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from deepclust.estimators._base import (
+    SHARED_ATTRIBUTES_DOC,
     SHARED_CONSTRAINTS,
     SHARED_PARAMETERS_DOC,
     BaseDeepEstimator,
@@ -80,15 +81,7 @@ class ContrastiveDisentangler(TransformerMixin, ClassNamePrefixFeaturesOutMixin,
         ``feature_loss``, ``entropy_loss``).
     n_epochs_ : int
         Epochs trained.
-    input_kind_ : {"image", "tabular"}
-    n_features_in_ : int
-        Number of features (tabular input only).
-    input_shape_ : tuple or None
-        (C, H, W) of the training array before resizing (None for files/PIL).
-    image_size_ : tuple
-        (H, W) the images are resized to.
-    n_channels_ : int
-        1 (grayscale) or 3 (RGB).
+{shared_attributes}
 
     See Also
     --------
@@ -200,5 +193,5 @@ def view_matching_accuracy(first, second) -> float:
 
 
 ContrastiveDisentangler.__doc__ = ContrastiveDisentangler.__doc__.replace(
-    "{shared}", SHARED_PARAMETERS_DOC.rstrip("\n")
-)
+    "{shared}", SHARED_PARAMETERS_DOC.strip("\n")
+).replace("{shared_attributes}", SHARED_ATTRIBUTES_DOC.strip("\n"))

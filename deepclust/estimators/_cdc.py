@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from deepclust._inputs import InputError
 from deepclust.augment import StrongAugment
 from deepclust.estimators._base import (
+    SHARED_ATTRIBUTES_DOC,
     SHARED_CONSTRAINTS,
     SHARED_PARAMETERS_DOC,
     BaseDeepEstimator,
@@ -141,15 +142,7 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
         ``cluster_loss``, ``self_label_loss``).
     n_epochs_ : int
         Epochs trained (clustering plus self-labelling).
-    input_kind_ : {"image", "tabular"}
-    n_features_in_ : int
-        Number of features (tabular input only).
-    input_shape_ : tuple or None
-        (C, H, W) of the training array before resizing (None for files/PIL).
-    image_size_ : tuple
-        (H, W) the images are resized to.
-    n_channels_ : int
-        1 (grayscale) or 3 (RGB).
+{shared_attributes}
 
     See Also
     --------
@@ -343,5 +336,5 @@ def _instance_embedding(model, unit):
 
 
 CDCClusterer.__doc__ = CDCClusterer.__doc__.replace(
-    "{shared}", SHARED_PARAMETERS_DOC.rstrip("\n")
-)
+    "{shared}", SHARED_PARAMETERS_DOC.strip("\n")
+).replace("{shared_attributes}", SHARED_ATTRIBUTES_DOC.strip("\n"))
