@@ -166,8 +166,8 @@ class MLP(nn.Module):
         self.out_dim = hidden[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map inputs of shape (B, n_features) to features of shape (B, out_dim)."""
-        return self.layers(x)
+        """Map inputs of shape (B, n_features) (or images, flattened) to (B, out_dim)."""
+        return self.layers(x.flatten(1))
 
 
 class FrozenBackbone(nn.Module):
@@ -250,7 +250,8 @@ def make_backbone(
           512, 512 and 2048.
         - ``"small_cnn"``: :class:`SmallCNN`, ``out_dim`` 256.
         - ``"mlp"``: :class:`MLP` with hidden widths (256, 256) for inputs of
-          shape ``(B, n_features)``, ``out_dim`` 256.
+          shape ``(B, n_features)``, or for images flattened to
+          ``in_channels * H * W`` features; ``out_dim`` 256.
         - a callable taking no argument (a class, a function,
           :func:`functools.partial`...) that returns a
           :class:`torch.nn.Module`. ``out_dim`` is found by a forward pass on
@@ -339,10 +340,13 @@ def make_backbone(
         module = SmallCNN(in_channels)
         out_dim = module.out_dim
     elif isinstance(spec, str) and spec == "mlp":
+        if n_features is None and image_size is not None:
+            # Tiny images: an MLP over the flattened pixels.
+            n_features = in_channels * image_size[0] * image_size[1]
         if n_features is None:
             raise ValueError(
-                "n_features is required by backbone 'mlp' (the number of input "
-                "features); got None."
+                "n_features (or image_size, for images) is required by backbone "
+                "'mlp'; got None."
             )
         module = MLP(n_features)
         out_dim = module.out_dim

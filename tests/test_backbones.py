@@ -99,6 +99,13 @@ def test_small_cnn_pools_only_large_maps():
     assert net.out_dim == 6
 
 
+def test_mlp_on_images_flattens_pixels():
+    # Check that "mlp" on images takes in_channels * H * W flattened features.
+    net, out_dim = make_backbone("mlp", in_channels=1, image_size=8)
+    assert net.layers[0].in_features == 64
+    assert net(torch.rand(3, 1, 8, 8)).shape == (3, out_dim)
+
+
 def test_mlp():
     # Check that "mlp" builds Linear(no bias)-BN-ReLU layers of widths (256, 256).
     net, out_dim = make_backbone("mlp", n_features=7)
@@ -151,7 +158,7 @@ def test_callable_with_flat_features():
         (dict(spec="resnet101"), "Unknown backbone 'resnet101'; expected one of"),
         (dict(spec=3), "Unknown backbone 3"),
         (dict(spec="resnet18", stem="tiny"), "stem must be one of 'auto'"),
-        (dict(spec="mlp"), "n_features is required"),
+        (dict(spec="mlp"), "n_features .or image_size, for images. is required"),
         (dict(spec="small_cnn", in_channels=0), "in_channels must be a positive"),
         (dict(spec="resnet18", image_size=(3, 0)), "image_size must be"),
         (dict(spec=lambda: 42), "backbone factory .* must return a torch.nn.Module"),

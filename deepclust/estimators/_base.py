@@ -271,7 +271,8 @@ class _DeviceBatches:
         self.generator = generator
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
+        full, rest = divmod(len(self.data), self.batch_size)
+        return full + (rest >= 2)  # a trailing lone sample is skipped
 
     def __iter__(self):
         order = torch.randperm(len(self.data), generator=self.generator)
@@ -398,6 +399,11 @@ class ContrastiveNet(NeuralNet):
             dataset, sampler=sampler, batch_size=None, **self.get_params_for("iterator_train")
         )
 
+    def torch_compile(self, module, name):
+        # The objective holds the augmentation (generator draws, a host-side jitter
+        # order): compiling it recompiles endlessly, so compile the network only.
+        return module if name == "criterion" else super().torch_compile(module, name)
+
     def autocast(self):
         """Autocast context for the configured precision (a no-op for fp32)."""
         device_type = torch.device(self.device).type
@@ -430,7 +436,12 @@ class ContrastiveNet(NeuralNet):
             # Nothing to learn from this batch (e.g. no confident pseudo-label):
             # leave gradients unset so the optimiser skips every parameter.
             return {"loss": torch.zeros((), device=unit.device), "y_pred": None}
+        # Queue the backward pass before the finiteness check syncs with the device,
+        # so the GPU is not left idle while the host launches it.
+        loss.backward()
         if not torch.isfinite(loss):
+            # Raising inside the optimiser closure means the step never happens.
+            self.optimizer_.zero_grad(set_to_none=True)
             epoch = len(self.history)
             batch_index = len(self.history[-1]["batches"])
             raise TrainingDivergedError(
@@ -438,7 +449,6 @@ class ContrastiveNet(NeuralNet):
                 f"{batch_index}. Try a lower lr, gradient clipping (grad_clip_norm=1.0) "
                 "or precision='fp32'."
             )
-        loss.backward()
         for name, value in parts.items():
             self.history.record_batch(f"{name}_loss", float(value))
         return {"loss": loss.detach(), "y_pred": None}
@@ -481,7 +491,13 @@ class BaseDeepEstimator(BaseEstimator):
         self.net_ = self._build_net(model, config, device, seed, dataset)
         # A failure after a completed epoch comes back as `error`: the net then
         # holds that epoch's weights, so the estimator is fitted before raising it.
-        error = fit_net(self, dataset, config)
+        # Fixed shapes: let cuDNN pick the fastest kernels (restored afterwards).
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
+        try:
+            error = fit_net(self, dataset, config)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         self.history_ = self.net_.history
         self.n_epochs_ = len(self.history_)
         self._after_fit(source)
@@ -551,7 +567,9 @@ class BaseDeepEstimator(BaseEstimator):
             max_epochs = self.max_epochs
         precision = self.precision
         if precision == "auto":
-            precision = "bf16" if gpu else "fp32"
+            # bf16 is native from Ampere (compute capability 8) on; older GPUs emulate it.
+            bf16_native = gpu and torch.cuda.get_device_capability(device)[0] >= 8
+            precision = "bf16" if bf16_native else "fp32"
         config = {
             "backbone": backbone,
             "max_epochs": max_epochs,
@@ -639,6 +657,8 @@ class BaseDeepEstimator(BaseEstimator):
             criterion=self._build_objective(config),
             optimizer=torch.optim.Adam,
             optimizer__weight_decay=self.weight_decay,
+            # One fused kernel per step instead of several per parameter tensor.
+            **({"optimizer__fused": True} if device.type == "cuda" else {}),
             lr=self.lr,
             max_epochs=self._total_epochs(config),
             batch_size=self.batch_size,
