@@ -654,7 +654,7 @@ class StrongAugment(nn.Module):
 
     Input to this module: a float tensor of shape ``(B, C, H, W)`` with ``C`` in
     {1, 3} and values in [0, 1]. Output: a float32 tensor of the same shape in
-    [0, 1]. Per image: a horizontal flip with probability 0.5, then ``n_ops``
+    [0, 1]. Per image: a horizontal flip with probability ``flip_p``, then ``n_ops``
     operations drawn with replacement from :attr:`OPS`, each with a uniformly random
     magnitude, then one square cutout hole filled with 0.5.
 
@@ -681,6 +681,9 @@ class StrongAugment(nn.Module):
         the centre uniform over the image (the hole is clipped at the borders). None
         uses half the smaller image side (16 for 32-px CIFAR, as in SCAN); 0 turns
         cutout off.
+    flip_p : float, default=0.5
+        Probability of the horizontal flip (0 for images whose mirror image is
+        another symbol, such as digits).
 
     See Also
     --------
@@ -726,8 +729,11 @@ class StrongAugment(nn.Module):
     )
     _GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 
-    def __init__(self, n_ops: int = 4, cutout_max: int | None = None) -> None:
+    def __init__(
+        self, n_ops: int = 4, cutout_max: int | None = None, flip_p: float = 0.5
+    ) -> None:
         super().__init__()
+        self.flip_p = _check_probability("flip_p", flip_p)
         if (
             isinstance(n_ops, bool)
             or not isinstance(n_ops, numbers.Integral)
@@ -746,7 +752,7 @@ class StrongAugment(nn.Module):
         self.cutout_max = None if cutout_max is None else int(cutout_max)
 
     def extra_repr(self) -> str:
-        return f"n_ops={self.n_ops}, cutout_max={self.cutout_max}"
+        return f"n_ops={self.n_ops}, cutout_max={self.cutout_max}, flip_p={self.flip_p}"
 
     def _cutout_max(self, height: int, width: int) -> int:
         if self.cutout_max is None:
@@ -789,7 +795,7 @@ class StrongAugment(nn.Module):
         _check_sample_shape(batch_size, height, width)
         device = _resolve_device(device, generator)
         _check_generator(generator, device)
-        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
+        flip = torch.rand(batch_size, generator=generator, device=device) < self.flip_p
         ops = torch.randint(
             len(self.OPS),
             (batch_size, self.n_ops),

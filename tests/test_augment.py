@@ -398,6 +398,15 @@ def test_strong_param_statistics():
     assert h[inside].min() == 1 and h[inside].max() == 16
 
 
+@pytest.mark.parametrize("flip_p", [0.0, 0.2, 1.0])
+def test_strong_flip_probability(flip_p):
+    # Check that flips happen with probability flip_p (digits need flip_p=0).
+    params = StrongAugment(flip_p=flip_p).sample_params(
+        N_DRAWS, 8, 8, generator=torch.Generator().manual_seed(0)
+    )
+    assert abs(params["flip"].float().mean().item() - flip_p) < 0.02
+
+
 def test_strong_single_ops_match_definitions():
     # Check that identity, brightness, solarize, autocontrast and flip match torch ops.
     augment = StrongAugment(n_ops=1, cutout_max=0)
@@ -490,6 +499,7 @@ def test_strong_under_bf16_autocast_returns_float32():
         ({"n_ops": -1}, "n_ops"),
         ({"n_ops": 1.5}, "n_ops"),
         ({"cutout_max": -2}, "cutout_max"),
+        ({"flip_p": 1.5}, "flip_p"),
     ],
 )
 def test_strong_invalid_arguments(kwargs, name):

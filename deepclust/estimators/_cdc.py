@@ -225,7 +225,11 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
         strong = None
         if self.self_label_epochs:
             # Tabular rows have no image operations: feature noise plays the strong view.
-            strong = StrongAugment() if self.input_kind_ == "image" else config["augment"]
+            strong = (
+                StrongAugment(flip_p=config["augment"].flip_p)
+                if self.input_kind_ == "image"
+                else config["augment"]
+            )
         return CDCObjective(
             loss, config["augment"], strong, ConfidenceBasedCE(self.self_label_threshold),
             n_cluster_epochs=config["max_epochs"], channels_last=config["channels_last"],
