@@ -481,6 +481,31 @@ def test_auto_backbone(Estimator, fitted_on_images, fitted_on_blobs):
 
 
 @parametrize_estimators
+def test_auto_augmentation_for_small_images(Estimator, fitted_on_images):
+    # Check the "auto" augmentation for 8x8 RGB images: crops of 30-100% of the
+    # area, flips (colour images), no blur.
+    augment = fitted_on_images[Estimator].net_.criterion_.augment
+    assert augment.crop_scale == (0.3, 1.0)
+    assert augment.flip_p == 0.5
+    assert augment.blur_p == 0.0
+
+
+@parametrize_estimators
+@pytest.mark.parametrize(
+    "backbone, expected_lr",
+    [("auto", 1e-3), ("mlp", 1e-3), (functools.partial(MLP, 2, hidden=(8,)), 3e-4)],
+)
+def test_auto_lr(Estimator, blobs, backbone, expected_lr):
+    # Check that lr="auto" is 1e-3 for the small networks and 3e-4 (the reference
+    # setting) otherwise, and that an explicit lr wins.
+    estimator = tiny(Estimator, backbone=backbone, cosine_schedule=False).fit(blobs[0])
+    assert estimator.lr == "auto"
+    np.testing.assert_allclose(estimator.history_[:, "event_lr"], [expected_lr])
+    explicit = tiny(Estimator, backbone=backbone, lr=5e-4, cosine_schedule=False)
+    np.testing.assert_allclose(explicit.fit(blobs[0]).history_[:, "event_lr"], [5e-4])
+
+
+@parametrize_estimators
 def test_auto_max_epochs(Estimator, blobs):
     # Check that max_epochs="auto" resolves to a positive number of epochs (early
     # stopping after the second epoch keeps the test short).
