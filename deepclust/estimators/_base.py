@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, GradientNormClipping, LRScheduler
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -458,6 +458,15 @@ class ContrastiveNet(NeuralNet):
         return {"loss": loss.detach(), "y_pred": None}
 
 
+class Float32TransformerMixin(TransformerMixin):
+    """TransformerMixin whose tags say that ``transform`` always returns float32."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
 class BaseDeepEstimator(BaseEstimator):
     """Common fit/inference logic; subclasses build the model and the objective."""
 
@@ -597,6 +606,16 @@ class BaseDeepEstimator(BaseEstimator):
             jitter_strength=float(strength), blur_p=0.5 if blur else 0.0,
         )
         return config
+
+    def _build_model(self, source, config):
+        backbone, backbone_dim = self._make_backbone(source, config)
+        channels = source.n_features if self.input_kind_ == "tabular" else source.channels
+        scaler = InputScaler(channels, image=self.input_kind_ == "image")
+        return self._model_class(backbone, backbone_dim, scaler, **self._head_params())
+
+    def _head_params(self) -> dict:
+        """Keyword arguments of ``_model_class`` besides backbone and scaler."""
+        raise NotImplementedError
 
     def _make_backbone(self, source, config):
         tabular = isinstance(source, TabularInput)

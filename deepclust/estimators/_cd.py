@@ -5,7 +5,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import torch
-from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from deepclust.estimators._base import (
@@ -13,11 +13,12 @@ from deepclust.estimators._base import (
     SHARED_CONSTRAINTS,
     SHARED_PARAMETERS_DOC,
     BaseDeepEstimator,
+    Float32TransformerMixin,
     TwoViewObjective,
     keyword_init,
 )
 from deepclust.losses import CDLoss
-from deepclust.models import CDModel, InputScaler
+from deepclust.models import CDModel
 
 _CD_DEFAULTS = {
     "n_heads": 128,
@@ -42,7 +43,7 @@ class CDObjective(TwoViewObjective):
         return self.loss(z1, z2, y1, y2)
 
 
-class ContrastiveDisentangler(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseDeepEstimator):
+class ContrastiveDisentangler(Float32TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseDeepEstimator):
     """Contrastive Disentangling (CD): K sigmoid feature heads, no number of classes.
 
     A backbone f, an instance projector g and a feature predictor h (f -> g -> h)
@@ -117,21 +118,10 @@ class ContrastiveDisentangler(TransformerMixin, ClassNamePrefixFeaturesOutMixin,
         "transform_output": [StrOptions(set(_transform_outputs))],
     }
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]  # transform is always float32
-        return tags
+    _model_class = CDModel
 
-    def _build_model(self, source, config):
-        backbone, backbone_dim = self._make_backbone(source, config)
-        channels = source.n_features if self.input_kind_ == "tabular" else source.channels
-        return CDModel(
-            backbone,
-            backbone_dim,
-            InputScaler(channels, image=self.input_kind_ == "image"),
-            projection_dim=self.projection_dim,
-            n_heads=self.n_heads,
-        )
+    def _head_params(self):
+        return {"projection_dim": self.projection_dim, "n_heads": self.n_heads}
 
     def _build_objective(self, config):
         loss = CDLoss(self.instance_temperature, self.feature_temperature, self.entropy_weight)

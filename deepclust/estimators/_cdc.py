@@ -6,7 +6,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from deepclust._inputs import InputError
@@ -16,12 +16,13 @@ from deepclust.estimators._base import (
     SHARED_CONSTRAINTS,
     SHARED_PARAMETERS_DOC,
     BaseDeepEstimator,
+    Float32TransformerMixin,
     TwoViewObjective,
     keyword_init,
     warn_empty_clusters,
 )
 from deepclust.losses import CDCLoss, ConfidenceBasedCE, split_projection
-from deepclust.models import CDCModel, InputScaler
+from deepclust.models import CDCModel
 
 _CDC_DEFAULTS = {
     "n_clusters": 10,
@@ -75,7 +76,7 @@ class CDCObjective(TwoViewObjective):
         return self.loss(model(view1), model(view2))
 
 
-class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMixin,
+class CDCClusterer(ClusterMixin, Float32TransformerMixin, ClassNamePrefixFeaturesOutMixin,
                    BaseDeepEstimator):
     """Contrastive representation Disentanglement for Clustering (CDC).
 
@@ -195,10 +196,7 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
         "transform_output": [StrOptions(set(_transform_outputs))],
     }
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]  # transform is always float32
-        return tags
+    _model_class = CDCModel
 
     def _read_fit_input(self, X):
         source = super()._read_fit_input(X)
@@ -209,17 +207,9 @@ class CDCClusterer(ClusterMixin, TransformerMixin, ClassNamePrefixFeaturesOutMix
             )
         return source
 
-    def _build_model(self, source, config):
-        backbone, backbone_dim = self._make_backbone(source, config)
-        channels = source.n_features if self.input_kind_ == "tabular" else source.channels
-        return CDCModel(
-            backbone,
-            backbone_dim,
-            InputScaler(channels, image=self.input_kind_ == "image"),
-            n_clusters=self.n_clusters,
-            instance_dim=self.instance_dim,
-            cluster_temperature=self.cluster_temperature,
-        )
+    def _head_params(self):
+        return {"n_clusters": self.n_clusters, "instance_dim": self.instance_dim,
+                "cluster_temperature": self.cluster_temperature}
 
     def _build_objective(self, config):
         loss = CDCLoss(
