@@ -76,7 +76,9 @@ class CDCObjective(TwoViewObjective):
         return self.loss(model(view1), model(view2))
 
 
-class CDCClusterer(ClusterMixin, Float32TransformerMixin, ClassNamePrefixFeaturesOutMixin,
+# Float32TransformerMixin comes before ClusterMixin, whose tags would otherwise
+# reset preserves_dtype to [] (KMeans-style transforms return distances).
+class CDCClusterer(Float32TransformerMixin, ClusterMixin, ClassNamePrefixFeaturesOutMixin,
                    BaseDeepEstimator):
     """Contrastive representation Disentanglement for Clustering (CDC).
 

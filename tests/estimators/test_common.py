@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.base import clone
+from sklearn.base import clone, is_clusterer
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.callbacks import Callback, EarlyStopping
@@ -107,6 +107,15 @@ def fitted_on_blobs(blobs):
 def fitted_on_images(shape_images):
     """Estimator class -> tiny estimator fitted on 8x8 RGB images (read-only)."""
     return {Estimator: tiny(Estimator).fit(shape_images[0]) for Estimator in ESTIMATORS}
+
+
+@parametrize_estimators
+def test_tags(Estimator):
+    # Check the tags sklearn reads: transform keeps float32 for both estimators
+    # (ClusterMixin would reset it for CDC), and CDC is a clusterer.
+    tags = Estimator().__sklearn_tags__()
+    assert tags.transformer_tags.preserves_dtype == ["float32"]
+    assert is_clusterer(Estimator()) == (Estimator is CDCClusterer)
 
 
 @parametrize_estimators
