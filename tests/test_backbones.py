@@ -275,10 +275,13 @@ def test_weights_missing_keys_warn(tmp_path):
 def test_weights_complete_does_not_warn(tmp_path):
     # Check that a complete state dict loads without any warning.
     path = tmp_path / "mlp.pt"
-    torch.save(MLP(3).state_dict(), path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        make_backbone("mlp", n_features=3, weights=path)
+    source = MLP(3)
+    torch.save(source.state_dict(), path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net, _ = make_backbone("mlp", n_features=3, weights=path)
+    assert [str(w.message) for w in caught] == []
+    assert torch.equal(net.layers[0].weight, source.layers[0].weight)
 
 
 def test_weights_errors(tmp_path):

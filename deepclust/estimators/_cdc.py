@@ -61,9 +61,9 @@ class CDCObjective(TwoViewObjective):
         self.n_cluster_epochs = n_cluster_epochs
 
     def forward(self, model, unit, generator=None, epoch=0):
-        if epoch < self.n_cluster_epochs or self.strong_augment is None:
-            return super().forward(model, unit, generator, epoch)
         loss, parts = super().forward(model, unit, generator, epoch)
+        if epoch < self.n_cluster_epochs or self.strong_augment is None:
+            return loss, parts
         with torch.no_grad():
             weak = model.cluster_logits(unit)
             strong = self.strong_augment(unit, generator)
