@@ -22,11 +22,13 @@ __all__ = [
     "CorruptImageError",
     "ImageInput",
     "InputError",
+    "SkippedInputsWarning",
     "TabularInput",
     "check_matches",
     "check_min_samples",
     "image_files_in",
     "iter_batches",
+    "labels_from_proba",
     "read_input",
 ]
 
@@ -79,6 +81,32 @@ class CorruptImageError(InputError):
         self.paths = list(paths)
 
 
+class SkippedInputsWarning(UserWarning):
+    """Warns that unreadable image files were skipped (``on_error="skip"``).
+
+    Outputs keep one row per input: the rows of skipped files hold label -1
+    and NaN values.
+
+    Parameters
+    ----------
+    message : str
+        Warning message; it lists the skipped files.
+    errors : dict of int to (str, str)
+        For each skipped input, its position in the input and ``(path,
+        reason)``.
+
+    Attributes
+    ----------
+    errors : dict of int to (str, str)
+        For each skipped input, its position in the input and ``(path,
+        reason)``.
+    """
+
+    def __init__(self, message, errors):
+        super().__init__(message)
+        self.errors = dict(errors)
+
+
 class _NonNumericInputError(InputError, TypeError):
     # Object arrays holding non-numbers make ``np.asarray(X, dtype=float)``
     # raise TypeError in scikit-learn, and its estimator checks expect that
@@ -123,8 +151,13 @@ class ImageInput:
     paths : list of str or None, default=None
         The image files that were kept, for ``source_kind="files"``.
     kept_indices : ndarray of shape (n_samples,) or None, default=None
-        Positions, in the original input, of the images that were kept
-        (unreadable files are dropped with ``on_error="skip"``).
+        Positions, in the original input, of the images that can be read
+        (unreadable files are left out with ``on_error="skip"``).
+    n_inputs : int or None, default=None
+        Number of inputs given, readable or not; None means ``n_samples``.
+    skipped : dict of int to (str, str), default={}
+        For each unreadable input left out, its position in the input and
+        ``(path, reason)``.
 
     Attributes
     ----------
@@ -132,6 +165,12 @@ class ImageInput:
         Always ``"image"``.
     nbytes : int
         Size in bytes of the array returned by :meth:`materialize`.
+
+    Notes
+    -----
+    :meth:`read` and :meth:`materialize` return the readable images only;
+    :meth:`to_input_rows` puts per-image results back at the positions of
+    the input, so that every output has one row per input, in input order.
     """
 
     n_samples: int
@@ -144,11 +183,47 @@ class ImageInput:
     channels_last: bool = False
     paths: list | None = field(default=None, repr=False)
     kept_indices: np.ndarray | None = field(default=None, repr=False)
+    n_inputs: int | None = None
+    skipped: dict = field(default_factory=dict, repr=False)
     _items: list | None = field(default=None, repr=False)
     _cache: np.ndarray | None = field(default=None, repr=False)
     _max_workers: int | None = field(default=None, repr=False)
 
     kind = "image"
+
+    def __post_init__(self):
+        if self.n_inputs is None:
+            self.n_inputs = self.n_samples
+
+    def to_input_rows(self, values, fill):
+        """Results of the readable images placed back at their input positions.
+
+        Parameters
+        ----------
+        values : ndarray of shape (n_samples, ...)
+            One row per readable image, in reading order.
+        fill : scalar
+            Value of the rows of unreadable inputs (NaN, or -1 for labels).
+
+        Returns
+        -------
+        rows : ndarray of shape (n_inputs, ...)
+            One row per input, in input order; ``values`` itself when every
+            input was readable.
+        """
+        return _to_input_rows(values, self.kept_indices, self.n_inputs, fill)
+
+    @property
+    def input_paths(self):
+        """Every file given, readable or not, in input order (None for arrays)."""
+        if self.source_kind != "files":
+            return None
+        paths = [None] * self.n_inputs
+        for position, path in zip(self.kept_indices, self.paths):
+            paths[position] = path
+        for position, (path, _) in self.skipped.items():
+            paths[position] = path
+        return paths
 
     @property
     def nbytes(self):
@@ -288,6 +363,31 @@ class TabularInput:
         """Size of ``data`` in bytes."""
         return self.data.nbytes
 
+    @property
+    def n_inputs(self):
+        """Number of rows given (every row is kept)."""
+        return self.data.shape[0]
+
+    @property
+    def skipped(self):
+        """Always empty: tabular rows are never skipped."""
+        return {}
+
+    def to_input_rows(self, values, fill):
+        """``values`` unchanged: tabular rows are never skipped.
+
+        Parameters
+        ----------
+        values : ndarray of shape (n_samples, ...)
+        fill : scalar
+            Unused.
+
+        Returns
+        -------
+        values : ndarray of shape (n_samples, ...)
+        """
+        return _to_input_rows(values, None, self.n_inputs, fill)
+
     def read(self, indices):
         """Return some rows.
 
@@ -333,6 +433,7 @@ def read_input(
     name="X",
     cache_bytes=_DEFAULT_CACHE_BYTES,
     max_workers=None,
+    min_readable=1,
 ):
     """Validate ``X`` and wrap it for batched reading.
 
@@ -376,9 +477,11 @@ def read_input(
         channels-first (the usual layout of tensors).
     on_error : {"raise", "skip"}, default="raise"
         What to do with image files that cannot be decoded: raise a
-        :class:`CorruptImageError`, or drop them with a :class:`UserWarning`
-        (``ImageInput.paths`` and ``ImageInput.kept_indices`` tell which
-        files were kept).
+        :class:`CorruptImageError`, or leave them out with a
+        :class:`SkippedInputsWarning` (``ImageInput.kept_indices`` and
+        ``ImageInput.skipped`` tell which inputs were kept and which were
+        not; :meth:`ImageInput.to_input_rows` puts results back in input
+        order).
     allow_tabular : bool, default=True
         Whether 2-D tabular input is accepted.
     name : str, default="X"
@@ -391,6 +494,10 @@ def read_input(
     max_workers : int, default=None
         Threads that decode image files; None uses
         :class:`concurrent.futures.ThreadPoolExecutor`'s default.
+    min_readable : {0, 1}, default=1
+        With ``on_error="skip"``, whether at least one file must be readable
+        (training) or none need be (prediction, where every input then gets
+        a marked row; ``image_size`` and ``channels`` must then be given).
 
     Returns
     -------
@@ -425,7 +532,7 @@ def read_input(
     if isinstance(X, (str, os.PathLike)):
         return _read_path(
             X, size, channels, data_format, on_error, allow_tabular, name,
-            cache_bytes, max_workers,
+            cache_bytes, max_workers, min_readable,
         )  # fmt: skip
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
@@ -434,7 +541,7 @@ def read_input(
         if kind == "path":
             return _read_files(
                 [os.fspath(p) for p in X], size, channels, on_error, name,
-                cache_bytes, max_workers,
+                cache_bytes, max_workers, min_readable,
             )  # fmt: skip
         if kind == "pil":
             return _read_pil_list(list(X), size, channels, name)
@@ -612,6 +719,43 @@ def iter_batches(inp, batch_size):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     for start in range(0, inp.n_samples, batch_size):
         yield start, inp.read(slice(start, start + batch_size))
+
+
+def labels_from_proba(proba):
+    """Cluster labels from probabilities; -1 for the rows of unreadable inputs.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n_samples, n_clusters)
+        Cluster probabilities, with NaN rows for inputs that could not be read.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,)
+        int64 argmax of each row, -1 for NaN rows (as HDBSCAN marks noise).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepclust._inputs import labels_from_proba
+    >>> labels_from_proba(np.array([[0.2, 0.8], [np.nan, np.nan], [0.9, 0.1]]))
+    array([ 1, -1,  0])
+    """
+    proba = np.asarray(proba)
+    missing = np.isnan(proba).any(axis=1)
+    labels = np.where(missing, -1, np.nan_to_num(proba).argmax(axis=1))
+    return labels.astype(np.int64)
+
+
+def _to_input_rows(values, kept_indices, n_inputs, fill):
+    values = np.asarray(values)
+    if kept_indices is None or (len(values) == n_inputs == len(kept_indices)):
+        return values
+    if values.dtype.kind in "iub" and isinstance(fill, float) and np.isnan(fill):
+        values = values.astype(np.float32)
+    rows = np.full((n_inputs, *values.shape[1:]), fill, dtype=values.dtype)
+    rows[kept_indices] = values
+    return rows
 
 
 def image_files_in(directory):
@@ -1060,7 +1204,7 @@ def _read_pil_list(images, size, channels, name):
 
 def _read_path(
     X, size, channels, data_format, on_error, allow_tabular, name, cache_bytes,
-    max_workers,
+    max_workers, min_readable,
 ):  # fmt: skip
     path = os.fspath(X)
     if os.path.isdir(path):
@@ -1071,7 +1215,8 @@ def _read_path(
                 f"recursively for {', '.join(IMAGE_EXTENSIONS)}, any case)."
             )
         return _read_files(
-            files, size, channels, on_error, name, cache_bytes, max_workers
+            files, size, channels, on_error, name, cache_bytes, max_workers,
+            min_readable,
         )
     if not os.path.exists(path):
         raise InputError(f"{name}: path {path!r} does not exist.")
@@ -1087,7 +1232,8 @@ def _read_path(
         return _read_array(array, size, channels, data_format, allow_tabular, name)
     if suffix in IMAGE_EXTENSIONS:
         return _read_files(
-            [path], size, channels, on_error, name, cache_bytes, max_workers
+            [path], size, channels, on_error, name, cache_bytes, max_workers,
+            min_readable,
         )
     raise InputError(
         f"{name}: file {path!r} is neither a .npy array nor an image file "
@@ -1103,7 +1249,9 @@ class _Probe:
     error: str | None = None
 
 
-def _read_files(paths, size, channels, on_error, name, cache_bytes, max_workers):
+def _read_files(
+    paths, size, channels, on_error, name, cache_bytes, max_workers, min_readable
+):
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise InputError(
@@ -1140,28 +1288,36 @@ def _read_files(paths, size, channels, on_error, name, cache_bytes, max_workers)
     with ThreadPoolExecutor(max_workers=max_workers) as executor:
         probes = list(executor.map(probe, paths))
 
-    bad = [(p, r.error) for p, r in zip(paths, probes) if r.error is not None]
+    bad = {i: (p, r.error) for i, (p, r) in enumerate(zip(paths, probes)) if r.error}
     if bad:
-        listed = [f"{p!r} ({error})" for p, error in bad]
-        if on_error == "raise" or len(bad) == len(paths):
+        listed = [f"{p!r} ({error})" for p, error in bad.values()]
+        # Prediction can mark every row; training needs something to learn from,
+        # and the image size must be known to read the rest.
+        nothing_left = len(bad) == len(paths) and (
+            min_readable > 0 or size is None or channels is None
+        )
+        if on_error == "raise" or nothing_left:
             also = (
                 "; no readable image is left" if on_error == "skip" else
-                "; pass on_error='skip' to drop them"
+                "; pass on_error='skip' to leave them out"
             )  # fmt: skip
             raise CorruptImageError(
                 f"{name} has {len(bad)} image file(s) that cannot be decoded "
                 "(corrupt or truncated): "
                 + _listing(listed, _MAX_LISTED_FILES) + also + ".",
-                [p for p, _ in bad],
+                [p for p, _ in bad.values()],
             )
         warnings.warn(
-            f"Skipped {len(bad)} image file(s) of {name} that cannot be decoded "
-            "(corrupt or truncated): " + _listing(listed, _MAX_LISTED_FILES) + ".",
-            UserWarning,
+            SkippedInputsWarning(
+                f"Skipped {len(bad)} image file(s) of {name} that cannot be decoded "
+                "(corrupt or truncated); their rows get label -1 and NaN values: "
+                + _listing(listed, _MAX_LISTED_FILES) + ".",
+                bad,
+            ),
             stacklevel=3,
         )
     kept_indices = np.array(
-        [i for i, r in enumerate(probes) if r.error is None], dtype=np.intp
+        [i for i in range(len(paths)) if i not in bad], dtype=np.intp
     )
     kept_paths = [paths[i] for i in kept_indices]
     kept = [probes[i] for i in kept_indices]
@@ -1177,6 +1333,8 @@ def _read_files(paths, size, channels, on_error, name, cache_bytes, max_workers)
         source_kind="files",
         paths=kept_paths,
         kept_indices=kept_indices,
+        n_inputs=len(paths),
+        skipped=bad,
         _max_workers=max_workers,
     )
     if not budget.exceeded and inp.nbytes <= cache_bytes:

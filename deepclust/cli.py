@@ -2,20 +2,76 @@
 
 ``deepclust demo`` trains both estimators on scikit-learn's bundled digits (no
 network) and prints their clustering scores next to KMeans on raw pixels.
+
+Argument parsing imports neither torch nor scikit-learn, so ``--help`` and
+usage errors answer at once; each command imports what it needs. A mistake of
+the user (a missing path, a bad flag value, a file that is not a model) is
+reported on one line, in terms of flags, with a non-zero exit status and no
+traceback (``--debug`` shows it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
+import difflib
+import os
+import re
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from deepclust._version import __version__
+
+# Estimator parameters that have a flag of their own. User errors mention the
+# flag rather than the Python parameter.
+_FLAGS = {
+    "n_clusters": "--n-clusters",
+    "max_epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "device": "--device",
+    "backbone": "--backbone",
+    "image_size": "--image-size",
+    "on_error": "--on-error",
+    "random_state": "--seed",
+}
+# Defaults shown by --help; tests/test_cli.py checks them against the estimators.
+FIT_DEFAULTS = {
+    "n_clusters": 10,
+    "max_epochs": "auto",
+    "batch_size": 128,
+    "lr": "auto",
+    "device": "auto",
+    "backbone": "auto",
+    "image_size": "auto",
+    "on_error": "raise",
+}
+BACKBONES = ("auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp")
+_JOBLIB_SUFFIXES = (".joblib", ".pkl", ".pickle")
+_MODEL_KINDS = (
+    "a folder written by 'deepclust fit', a .joblib file or an .onnx file "
+    "written by 'deepclust export'"
+)
+_USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+class CommandError(Exception):
+    """A mistake on the command line, reported as one line without a traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
 
 def _demo(args) -> int:
+    _set_threads(args.threads)
     from sklearn.cluster import KMeans
 
     from deepclust import CDCClusterer, ContrastiveDisentangler
@@ -25,16 +81,17 @@ def _demo(args) -> int:
     images, labels = load_digits_images()
     print(f"digits: {images.shape[0]} images of {images.shape[1]}x{images.shape[2]} px, "
           f"10 classes (labels used for scoring only)")
+    verbose = 0 if args.quiet else 1
     rows = []
     start = time.perf_counter()
     pixels = images.reshape(len(images), -1).astype(np.float32)
     predicted = KMeans(10, n_init=10, random_state=args.seed).fit_predict(pixels)
-    rows.append(("KMeans on pixels", clustering_scores(labels, predicted), time.perf_counter() - start))
-
+    rows.append(("KMeans on pixels", clustering_scores(labels, predicted),
+                 time.perf_counter() - start))
     if args.model in ("cd", "both"):
         print("training ContrastiveDisentangler (CD) ...")
         start = time.perf_counter()
-        cd = ContrastiveDisentangler(max_epochs=args.epochs or "auto", verbose=1,
+        cd = ContrastiveDisentangler(max_epochs=args.epochs, verbose=verbose,
                                      random_state=args.seed).fit(images)
         heads = cd.transform(images)
         predicted = KMeans(10, n_init=10, random_state=args.seed).fit_predict(heads)
@@ -43,7 +100,7 @@ def _demo(args) -> int:
     if args.model in ("cdc", "both"):
         print("training CDCClusterer (CDC) ...")
         start = time.perf_counter()
-        cdc = CDCClusterer(n_clusters=10, max_epochs=args.epochs or "auto", verbose=1,
+        cdc = CDCClusterer(n_clusters=10, max_epochs=args.epochs, verbose=verbose,
                            random_state=args.seed).fit(images)
         rows.append(("CDCClusterer", clustering_scores(labels, cdc.labels_),
                      time.perf_counter() - start))
@@ -56,117 +113,519 @@ def _demo(args) -> int:
     return 0
 
 
-def _load_data(path: str):
-    """A .npy array, or a folder/image path passed through as is."""
-    if path.endswith(".npy"):
-        return np.load(path, mmap_mode="r")
-    return path
-
-
 def _fit(args) -> int:
-    import joblib
-
+    data = _data_argument(args.data)
+    if args.model == "cd" and args.n_clusters is not None:
+        raise CommandError(
+            "--n-clusters applies to --model cdc only: ContrastiveDisentangler (--model "
+            "cd) needs no number of clusters (cluster its output with KMeans)."
+        )
+    params = {
+        "max_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": args.device,
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "on_error": args.on_error,
+        "random_state": args.seed,
+        "verbose": 0 if args.quiet else 1,
+    }
+    if args.model == "cdc":
+        params["n_clusters"] = (
+            FIT_DEFAULTS["n_clusters"] if args.n_clusters is None else args.n_clusters
+        )
+    output, output_format = _output_format(args.output, args.format)
+    extra = _parse_params(args.param)
+    _set_threads(args.threads)
     from deepclust import CDCClusterer, ContrastiveDisentangler
 
-    params = {"max_epochs": args.epochs or "auto", "verbose": 1, "random_state": args.seed,
-              "image_size": args.image_size or "auto", "on_error": args.on_error}
-    if args.model == "cdc":
-        estimator = CDCClusterer(n_clusters=args.n_clusters, **params)
+    estimator_class = CDCClusterer if args.model == "cdc" else ContrastiveDisentangler
+    _check_param_names(extra, estimator_class)
+    params.update(extra)
+    estimator = estimator_class(**params)
+    start = time.perf_counter()
+    estimator.fit(data if isinstance(data, np.ndarray) else args.data)
+    seconds = time.perf_counter() - start
+    if output_format == "joblib":
+        import joblib
+
+        joblib.dump(estimator, output)
     else:
-        estimator = ContrastiveDisentangler(**params)
-    estimator.fit(_load_data(args.data))
-    joblib.dump(estimator, args.output)
-    print(f"saved {type(estimator).__name__} to {args.output}")
+        estimator.save(output)
+    print(f"saved {type(estimator).__name__} to {output} ({output_format}, trained "
+          f"{estimator.n_epochs_} epochs in {seconds:.1f}s)")
     if args.model == "cdc":
         print(f"cluster sizes: {estimator.cluster_sizes_.tolist()}")
+    if len(estimator.skipped_indices_):
+        _note(f"{len(estimator.skipped_indices_)} unreadable file(s) were left out of "
+              "training (label -1)")
     return 0
 
 
 def _export(args) -> int:
-    import joblib
-
+    model = _load_model(args.model, allow_onnx=False)
     from deepclust.onnx import export_onnx
 
-    estimator = joblib.load(args.model)
-    export_onnx(estimator, args.output, input_format=args.input_format)
-    print(f"exported {type(estimator).__name__} to {args.output}")
+    export_onnx(model, args.output, input_format=args.input_format)
+    print(f"exported {type(model).__name__} to {args.output}")
     return 0
 
 
 def _predict(args) -> int:
-    from deepclust._inputs import image_files_in
-    from deepclust.onnx import OnnxClusterer
-
-    model = OnnxClusterer(args.model)
-    data = _load_data(args.data)
+    data = _data_argument(args.data)
+    _set_threads(args.threads)
+    model = _load_model(args.model, allow_onnx=True)
+    predictor = _Predictor(model, args)
     if isinstance(data, np.ndarray):
-        names = [f"{args.data}[{i}]" for i in range(len(data))]
-    elif Path(data).is_dir():
-        names = image_files_in(data)
+        items, names = data, [f"{Path(args.data).name}[{i}]" for i in range(len(data))]
     else:
-        names = [data]
-    if model.n_clusters:
-        probabilities = model.predict_proba(data)
-        labels = probabilities.argmax(axis=1)
-        rows = [(n, int(l), float(p[l])) for n, l, p in zip(names, labels, probabilities)]
-        header = ("file", "label", "probability")
-    else:
-        heads = model.transform(data)
-        rows = [(n, *map(float, h)) for n, h in zip(names, heads)]
-        header = ("file", *[f"head_{i}" for i in range(heads.shape[1])])
-    out = open(args.csv, "w", newline="") if args.csv else sys.stdout
+        items = data
+        root = args.data if os.path.isdir(args.data) else None
+        names = [os.path.relpath(path, root) if root else path for path in items]
+
+    from tqdm.auto import tqdm
+
+    out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout
+    n_unreadable = 0
+    sizes = np.zeros(predictor.n_columns, dtype=np.int64)
     try:
         writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow(["file", "status", *predictor.header, "error"])
+        # tqdm shows a bar only on a terminal (disable=None), never in a CSV on stdout.
+        progress = tqdm(total=len(items), unit="file", disable=True if args.quiet else None,
+                        file=sys.stderr)
+        for start in range(0, len(items), args.batch_size):
+            chunk = items[start : start + args.batch_size]
+            values, errors = predictor.rows(chunk)
+            for offset, row in enumerate(values):
+                name = names[start + offset]
+                if offset in errors:
+                    n_unreadable += 1
+                    writer.writerow([name, "unreadable", *[""] * len(predictor.header),
+                                     errors[offset]])
+                    continue
+                if predictor.clusterer:
+                    sizes[predictor.label(row)] += 1
+                writer.writerow([name, "ok", *predictor.format(row), ""])
+            progress.update(len(chunk))
+        progress.close()
     finally:
         if args.csv:
             out.close()
+    if not args.quiet:
+        summary = f"{len(items)} input(s): {len(items) - n_unreadable} predicted"
+        if n_unreadable:
+            summary += f", {n_unreadable} unreadable (status 'unreadable' in the CSV)"
+        _note(summary)
+        if predictor.clusterer:
+            _note("cluster sizes: " + ", ".join(f"{k}: {n}" for k, n in enumerate(sizes)))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``deepclust`` command."""
-    parser = argparse.ArgumentParser(prog="deepclust", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+class _Predictor:
+    """CSV rows of a saved estimator or an ONNX model, one per input, in input order."""
 
-    demo = commands.add_parser("demo", help="train CD and CDC on the bundled digits and score them")
-    demo.add_argument("--model", choices=["cd", "cdc", "both"], default="both")
-    demo.add_argument("--epochs", type=int, default=None, help="default: auto")
-    demo.add_argument("--seed", type=int, default=0)
+    def __init__(self, model, args):
+        from deepclust.onnx import OnnxClusterer
+
+        self.decimals = args.decimals
+        self.onnx = isinstance(model, OnnxClusterer)
+        if self.onnx:
+            model.set_params(on_error=args.on_error, batch_size=args.batch_size)
+            self.clusterer = bool(model.n_clusters)
+            needed = "probabilities" if self.clusterer else "heads"
+            if needed not in model.output_names:
+                raise CommandError(
+                    f"MODEL {args.model!r} has no {needed!r} output (it has "
+                    f"{model.output_names}); export it again with 'deepclust export'."
+                )
+            params = model.metadata.get("params") or {}
+            n_columns = model.n_clusters if self.clusterer else params["n_heads"]
+        else:
+            model.set_params(on_error=args.on_error, predict_batch_size=args.batch_size)
+            self.clusterer = hasattr(model, "n_clusters")
+            if not self.clusterer:
+                model.set_params(transform_output="heads")
+            n_columns = model.n_clusters if self.clusterer else model.n_heads
+        self.model = model
+        self.n_columns = n_columns
+        if self.clusterer:
+            self.header = ["label", "probability", *[f"proba_{k}" for k in range(n_columns)]]
+        else:
+            self.header = [f"head_{i}" for i in range(n_columns)]
+
+    def _values(self, chunk):
+        if self.clusterer:
+            return self.model.predict_proba(chunk)
+        if self.onnx:
+            return self.model.transform(chunk, output="heads")
+        return self.model.transform(chunk)
+
+    def rows(self, chunk):
+        """Values of every input of ``chunk`` and the reasons of the unreadable ones."""
+        from deepclust._inputs import SkippedInputsWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedInputsWarning)
+            values = self._values(chunk)
+        errors = {}
+        for warning in caught:
+            if isinstance(warning.message, SkippedInputsWarning):
+                errors.update({position: reason for position, (_, reason)
+                               in warning.message.errors.items()})
+            else:
+                warnings.warn_explicit(warning.message, warning.category,
+                                       warning.filename, warning.lineno)
+        if len(values) != len(chunk):
+            # The estimators guarantee one row per input; never pair rows by luck.
+            raise RuntimeError(
+                f"got {len(values)} rows for {len(chunk)} inputs; please report this bug."
+            )
+        return values, errors
+
+    def label(self, values):
+        return int(np.argmax(values))
+
+    def format(self, values):
+        """The CSV cells of a readable input after its file name and status."""
+        if not self.clusterer:
+            return self._round(values)
+        label = self.label(values)
+        return [label, *self._round([values[label]]), *self._round(values)]
+
+    def _round(self, values):
+        return [f"{float(value):.{self.decimals}f}" for value in values]
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _data_argument(path):
+    """The DATA argument: an array for .npy files, else the list of image files."""
+    from deepclust._inputs import IMAGE_EXTENSIONS, image_files_in
+
+    if not os.path.exists(path):
+        raise CommandError(f"DATA {path!r} does not exist.")
+    if os.path.isdir(path):
+        files = image_files_in(path)
+        if not files:
+            raise CommandError(
+                f"DATA {path!r} is a folder with no image files (searched recursively "
+                f"for {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        return files
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r")
+        except Exception as exc:  # np.load raises several types on bad files
+            raise CommandError(
+                f"DATA {path!r} cannot be read as a .npy array ({_one_line(exc)})."
+            ) from exc
+    if suffix in IMAGE_EXTENSIONS:
+        return [path]
+    raise CommandError(
+        f"DATA {path!r} is neither a folder, a .npy array nor an image file "
+        f"({', '.join(IMAGE_EXTENSIONS)})."
+    )
+
+
+def _load_model(path, *, allow_onnx):
+    """A saved estimator (folder or joblib) or, when allowed, an OnnxClusterer."""
+    if not os.path.exists(path):
+        raise CommandError(f"MODEL {path!r} does not exist; expected {_MODEL_KINDS}.")
+    if os.path.isdir(path):
+        from deepclust.persistence import load
+
+        return load(path)
+    if Path(path).suffix.lower() == ".onnx":
+        if not allow_onnx:
+            raise CommandError(
+                f"MODEL {path!r} is already an ONNX file; export needs a model saved "
+                "by 'deepclust fit'."
+            )
+        from deepclust.onnx import OnnxClusterer
+
+        return OnnxClusterer(path)
+    import joblib
+
+    try:
+        # joblib runs pickle: only load files you trust (the default format
+        # of 'deepclust fit' is a pickle-free folder).
+        model = joblib.load(path)
+    except Exception as exc:  # unpickling raises many exception types
+        raise CommandError(
+            f"MODEL {path!r} is not a deepclust model ({type(exc).__name__} while "
+            f"reading it); expected {_MODEL_KINDS}."
+        ) from exc
+    from deepclust.estimators._base import BaseDeepEstimator
+
+    if not isinstance(model, BaseDeepEstimator):
+        raise CommandError(
+            f"MODEL {path!r} holds a {type(model).__name__}, not a deepclust model; "
+            f"expected {_MODEL_KINDS}."
+        )
+    return model
+
+
+def _output_format(output, requested):
+    if requested == "auto":
+        requested = "joblib" if output.lower().endswith(_JOBLIB_SUFFIXES) else "safetensors"
+    if requested == "safetensors" and os.path.isfile(output):
+        raise CommandError(
+            f"--output {output!r} is an existing file; the safetensors format writes a "
+            "folder (use another --output, or --format joblib for a single file)."
+        )
+    return output, requested
+
+
+def _parse_params(pairs):
+    """--param NAME=VALUE pairs as a dict, values read as Python literals."""
+    params = {}
+    for pair in pairs or []:
+        name, equals, text = pair.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise CommandError(f"--param {pair!r}: expected NAME=VALUE, e.g. --param "
+                               "weight_decay=1e-4.")
+        try:
+            params[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            params[name] = text  # a bare word such as resnet18 is a string
+    return params
+
+
+def _check_param_names(params, estimator_class):
+    known = estimator_class().get_params()
+    for name in params:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else (
+                f"see help(deepclust.{estimator_class.__name__}) for the parameters."
+            )
+            raise CommandError(
+                f"--param {name}: {estimator_class.__name__} has no parameter {name!r}; "
+                + hint
+            )
+
+
+def _set_threads(threads):
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _note(message):
+    print(f"deepclust: {message}", file=sys.stderr)
+
+
+def _one_line(exc) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _in_flags(message: str) -> str:
+    """Rewrite Python parameter names of a library message as command-line flags."""
+    # The estimators call their input X; on the command line it is DATA.
+    message = re.sub(r"\bX(?=[ \[])", "DATA", message)
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"\b{name}=(['\"]?)([^'\"\s,;)]*)\1", rf"{flag} \2", message)
+        message = re.sub(rf"'{name}' parameter", f"{flag} option", message)
+        message = re.sub(rf"\b{name}\b", flag, message)
+    return message
+
+
+@contextmanager
+def _one_line_warnings():
+    """Warnings as 'deepclust: warning: ...' lines instead of file:line blocks."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"deepclust: warning: {_in_flags(_one_line(message))}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
+# ---------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors take one line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' for every option that has a default other than None."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _auto_or(kind):
+    def convert(text):
+        if text == "auto":
+            return text
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or a {kind.__name__}, got {text!r}"
+            ) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive value, got {text!r}")
+        return value
+
+    convert.__name__ = f"'auto' or {kind.__name__}"
+    return convert
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_common(parser, *, threads=True):
+    if threads:
+        parser.add_argument("--threads", type=_positive_int, metavar="N",
+                            help="CPU threads of torch (default: torch's choice)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``deepclust`` command (imports no torch)."""
+    parser = _Parser(prog="deepclust",
+                     description="Deep clustering of images and feature vectors: demo, "
+                                 "fit, export and predict.",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"deepclust {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        return commands.add_parser(name, help=help_text, description=help_text,
+                                   formatter_class=_HelpFormatter)
+
+    demo = command("demo", "train CD and CDC on the bundled digits and score them")
+    demo.add_argument("--model", choices=["cd", "cdc", "both"], default="both",
+                      help="which estimators to train")
+    demo.add_argument("--epochs", type=_auto_or(int), default="auto",
+                      help="training epochs per model")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(demo)
     demo.set_defaults(run=_demo)
 
-    fit = commands.add_parser("fit", help="train on a folder of images or a .npy array and save the model")
-    fit.add_argument("data", help="folder of images, image file or .npy array")
-    fit.add_argument("--model", choices=["cdc", "cd"], default="cdc")
-    fit.add_argument("--n-clusters", type=int, default=10)
-    fit.add_argument("--epochs", type=int, default=None, help="default: auto")
-    fit.add_argument("--image-size", type=int, default=None, help="resize images to this size")
-    fit.add_argument("--on-error", choices=["raise", "skip"], default="raise",
-                     help="what to do with unreadable image files")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("-o", "--output", default="deepclust-model.joblib")
+    fit = command("fit", "train on a folder of images or a .npy array and save the model")
+    fit.add_argument("data", metavar="DATA",
+                     help="folder of images (searched recursively), image file or .npy array")
+    fit.add_argument("--model", choices=["cdc", "cd"], default="cdc",
+                     help="cdc: CDCClusterer (clusters); cd: ContrastiveDisentangler "
+                          "(feature heads, no number of clusters)")
+    fit.add_argument("--n-clusters", type=_positive_int, metavar="K",
+                     help=f"number of clusters, --model cdc only (default: "
+                          f"{FIT_DEFAULTS['n_clusters']})")
+    fit.add_argument("--epochs", type=_auto_or(int), default=FIT_DEFAULTS["max_epochs"],
+                     help="training epochs ('auto': a budget that suits the data and device)")
+    fit.add_argument("--batch-size", type=_positive_int, default=FIT_DEFAULTS["batch_size"],
+                     metavar="N", help="images per training batch")
+    fit.add_argument("--lr", type=_auto_or(float), default=FIT_DEFAULTS["lr"],
+                     help="Adam learning rate")
+    fit.add_argument("--device", default=FIT_DEFAULTS["device"],
+                     help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    fit.add_argument("--backbone", choices=BACKBONES, default=FIT_DEFAULTS["backbone"],
+                     help="feature extractor")
+    fit.add_argument("--image-size", type=_auto_or(int), default=FIT_DEFAULTS["image_size"],
+                     metavar="PX", help="resize images to PX x PX ('auto': keep their size)")
+    fit.add_argument("--on-error", choices=["raise", "skip"], default=FIT_DEFAULTS["on_error"],
+                     help="unreadable image files: stop, or leave them out")
+    fit.add_argument("--seed", type=int, default=0, help="random seed")
+    fit.add_argument("--param", action="append", metavar="NAME=VALUE",
+                     help="any other estimator parameter, e.g. --param weight_decay=1e-4 "
+                          "(repeatable; values are Python literals)")
+    fit.add_argument("-o", "--output", default="deepclust-model",
+                     help="where to save the model")
+    fit.add_argument("--format", choices=["auto", "safetensors", "joblib"], default="auto",
+                     help="safetensors: a pickle-free folder (config.json + weights); "
+                          "joblib: one pickle file; auto: joblib when --output ends in "
+                          ".joblib or .pkl")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(fit)
     fit.set_defaults(run=_fit)
 
-    export = commands.add_parser("export", help="export a saved model to ONNX")
-    export.add_argument("model", help="model saved by 'deepclust fit'")
-    export.add_argument("output", help="path of the .onnx file to write")
+    export = command("export", "export a saved model to ONNX (inference without torch)")
+    export.add_argument("model", metavar="MODEL",
+                        help="model saved by 'deepclust fit' (folder or .joblib file)")
+    export.add_argument("output", metavar="OUTPUT", help="path of the .onnx file to write")
     export.add_argument("--input-format", choices=["auto", "uint8_nhwc", "float_nchw"],
-                        default="auto", help="auto: uint8 NHWC for images, float rows for tabular models")
+                        default="auto",
+                        help="auto: uint8 NHWC for images, float rows for tabular models")
+    _add_common(export, threads=False)
     export.set_defaults(run=_export)
 
-    predict = commands.add_parser("predict", help="cluster images with an exported ONNX model")
-    predict.add_argument("model", help=".onnx file written by 'deepclust export'")
-    predict.add_argument("data", help="folder of images, image file or .npy array")
-    predict.add_argument("--csv", help="write the results to this CSV file instead of stdout")
+    predict = command("predict", "cluster images with a saved or exported model")
+    predict.add_argument("model", metavar="MODEL",
+                         help="model folder or .joblib file from 'deepclust fit', or .onnx "
+                              "file from 'deepclust export'")
+    predict.add_argument("data", metavar="DATA",
+                         help="folder of images (searched recursively), image file or .npy "
+                              "array")
+    predict.add_argument("--csv", metavar="PATH",
+                         help="write the CSV to PATH (default: standard output)")
+    predict.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                         help="unreadable image files: stop, or give them a row with "
+                              "status 'unreadable' and no label")
+    predict.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+                         help="inputs read and predicted at a time")
+    predict.add_argument("--decimals", type=int, default=4,
+                         help="decimals of probabilities and activations")
+    predict.add_argument("--quiet", action="store_true",
+                         help="no progress bar and no summary on standard error")
+    _add_common(predict)
     predict.set_defaults(run=_predict)
     return parser
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``deepclust`` console script."""
+    """Entry point of the ``deepclust`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    with _one_line_warnings():
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            _note("interrupted")
+            return 130
+        except Exception as exc:
+            if args.debug:
+                raise
+            message = _one_line(exc)
+            if not isinstance(exc, CommandError):
+                message = _in_flags(message)
+            if not isinstance(exc, (CommandError, *_USER_ERRORS)):
+                message = (f"{type(exc).__name__}: {message} (run with --debug for the "
+                           "traceback)")
+            print(f"deepclust {args.command}: error: {message}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ import warnings
 
 import numpy as np
 
-from deepclust._inputs import InputError, check_matches, iter_batches, read_input
+from deepclust._inputs import (
+    InputError,
+    check_matches,
+    iter_batches,
+    labels_from_proba,
+    read_input,
+)
 
 __all__ = ["OnnxClusterer", "export_onnx"]
 
@@ -33,7 +39,7 @@ _KNOWN_OUTPUTS = {
     "CDCClusterer": ("labels", "probabilities", "embedding", "instance"),
     "ContrastiveDisentangler": ("heads", "embedding"),
 }
-_DEFAULT_PARAMS = {"providers": None, "batch_size": 256}
+_DEFAULT_PARAMS = {"providers": None, "batch_size": 256, "on_error": None}
 
 
 def export_onnx(
@@ -154,6 +160,11 @@ class OnnxClusterer:
         provider is always appended.
     batch_size : int, default=256
         Samples per onnxruntime call.
+    on_error : {"raise", "skip"} or None, default=None
+        What to do with image files that cannot be read: raise, or leave them
+        out with a warning; their rows then hold label -1 and NaN values, so
+        outputs keep one row per input, in input order. None uses the
+        exported estimator's ``on_error``.
 
     Attributes
     ----------
@@ -193,15 +204,23 @@ class OnnxClusterer:
     True
     """
 
-    def __init__(self, path, *, providers=None, batch_size=256):
+    def __init__(self, path, *, providers=None, batch_size=256, on_error=None):
         self.path = path
         self.providers = providers
         self.batch_size = batch_size
+        self.on_error = on_error
         self._load()
 
     # ------------------------------------------------------------- loading
-    def _load(self):
+    def _check_params(self):
         _check_batch_size(self.batch_size)
+        if self.on_error not in (None, "raise", "skip"):
+            raise ValueError(
+                f"on_error must be None, 'raise' or 'skip'; got {self.on_error!r}."
+            )
+
+    def _load(self):
+        self._check_params()
         if not isinstance(self.path, (str, os.PathLike)):
             raise TypeError(
                 f"path must be a str or path-like to an .onnx file; got "
@@ -266,12 +285,13 @@ class OnnxClusterer:
         Returns
         -------
         params : dict
-            ``path``, ``providers`` and ``batch_size``.
+            ``path``, ``providers``, ``batch_size`` and ``on_error``.
         """
         return {
             "path": self.path,
             "providers": self.providers,
             "batch_size": self.batch_size,
+            "on_error": self.on_error,
         }
 
     def set_params(self, **params):
@@ -280,7 +300,7 @@ class OnnxClusterer:
         Parameters
         ----------
         **params : dict
-            Any of ``path``, ``providers`` and ``batch_size``.
+            Any of ``path``, ``providers``, ``batch_size`` and ``on_error``.
 
         Returns
         -------
@@ -301,7 +321,7 @@ class OnnxClusterer:
             if self.path is not old["path"] or self.providers is not old["providers"]:
                 self._load()
             else:
-                _check_batch_size(self.batch_size)
+                self._check_params()
         except Exception:
             for key, value in old.items():
                 setattr(self, key, value)
@@ -364,12 +384,13 @@ class OnnxClusterer:
         Returns
         -------
         labels : ndarray of shape (n_samples,)
-            int64 cluster indices in [0, n_clusters).
+            int64 cluster indices in [0, n_clusters), one per input in input
+            order; -1 for image files that could not be read.
         """
         if "labels" in self.output_names:
             return self._run(X, ["labels"])[0].astype(np.int64, copy=False)
         if "probabilities" in self.output_names:
-            return self._run(X, ["probabilities"])[0].argmax(axis=1).astype(np.int64)
+            return labels_from_proba(self._run(X, ["probabilities"])[0])
         raise ValueError(self._no_cluster_output_message("predict"))
 
     def fit_predict(self, X, y=None):
@@ -396,7 +417,8 @@ class OnnxClusterer:
         Returns
         -------
         proba : ndarray of shape (n_samples, n_clusters)
-            float32 rows summing to 1.
+            float32 rows summing to 1, one per input in input order; NaN rows
+            for image files that could not be read.
         """
         if "probabilities" not in self.output_names:
             raise ValueError(self._no_cluster_output_message("predict_proba"))
@@ -471,8 +493,9 @@ class OnnxClusterer:
             image_size=size,
             channels=channels,
             data_format=params.get("data_format", "auto"),
-            on_error=params.get("on_error", "raise"),
+            on_error=self.on_error or params.get("on_error", "raise"),
             allow_tabular=not image,
+            min_readable=0,
         )
         check_matches(
             source,
@@ -486,13 +509,27 @@ class OnnxClusterer:
         return source
 
     def _run(self, X, names):
+        """Graph outputs ``names`` for every input, one row each, in input order.
+
+        Inputs skipped as unreadable (``on_error="skip"``) get NaN rows (-1
+        for ``"labels"``).
+        """
         source = self._read(X)
         parts = [[] for _ in names]
-        for _, raw in iter_batches(source, self.batch_size):
+        batches = iter_batches(source, self.batch_size)
+        if source.n_samples == 0:
+            # Every input was unreadable: one blank image gives the output shapes.
+            blank = np.zeros((1, source.channels, *source.size), dtype=source.dtype)
+            batches = [(0, blank)]
+        for _, raw in batches:
             values = self._run_batch(self._graph_input(raw), names)
             for part, value in zip(parts, values):
                 part.append(value)
-        return [np.concatenate(part) for part in parts]
+        outputs = []
+        for name, part in zip(names, parts):
+            values = np.concatenate(part)[: source.n_samples]
+            outputs.append(source.to_input_rows(values, -1 if name == "labels" else np.nan))
+        return outputs
 
     def _graph_input(self, raw):
         """An NCHW (or tabular) batch from read_input in the graph's layout."""

@@ -32,7 +32,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from deepclust import CDCClusterer, ContrastiveDisentangler
-from deepclust._inputs import CorruptImageError, InputError
+from deepclust._inputs import CorruptImageError, InputError, SkippedInputsWarning
 from deepclust.datasets import make_shape_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -842,12 +842,19 @@ def test_corrupt_file_error_lists_every_file(tmp_path):
     assert "corrupt.png" in str(info.value) and "truncated.png" in str(info.value)
 
 
-def test_skipped_files_are_dropped(tmp_path):
-    # Check that on_error="skip" trains on the readable files only.
+def test_skipped_files_keep_their_rows(tmp_path):
+    # Check that on_error="skip" trains on the readable files only, and that
+    # labels_ keeps one row per input with -1 for the unreadable file.
     ctx = Context(tmp_path)
-    with pytest.warns(UserWarning, match="Skipped 1 image file"):
-        cdc = ctx.new(CDC, on_error="skip").fit([*ctx.ok, ctx.corrupt])
-    assert cdc.labels_.shape == (len(ctx.ok),)
+    files = [ctx.ok[0], ctx.corrupt, *ctx.ok[1:]]
+    with pytest.warns(SkippedInputsWarning, match="Skipped 1 image file") as record:
+        cdc = ctx.new(CDC, on_error="skip").fit(files)
+    assert record[0].message.errors[1][0] == ctx.corrupt
+    assert cdc.labels_.shape == (len(files),)
+    assert cdc.labels_[1] == -1 and (cdc.labels_[[0, 2, 3, 4]] >= 0).all()
+    np.testing.assert_array_equal(cdc.skipped_indices_, [1])
+    assert cdc.input_files_ == files
+    assert cdc.cluster_sizes_.sum() == len(ctx.ok)
 
 
 def test_errors_come_before_training(monkeypatch):

@@ -1,6 +1,16 @@
-"""Testing for the deepclust command line (deepclust.cli)."""
+"""Testing for the deepclust command line (deepclust.cli).
+
+Most tests run the real ``deepclust`` command in a subprocess (``python -m
+deepclust``), as users do, and check its files, standard output, standard error
+and exit status.
+"""
 
 import csv
+import io
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -8,48 +18,285 @@ import pytest
 from PIL import Image
 
 from deepclust import CDCClusterer, ContrastiveDisentangler
-from deepclust.cli import main
+from deepclust._inputs import SkippedInputsWarning, image_files_in
+from deepclust.cli import FIT_DEFAULTS, main
 from deepclust.datasets import make_shape_images
+from deepclust.persistence import load
+
+onnx = pytest.importorskip("deepclust.onnx")
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
-try:
-    import deepclust.onnx  # noqa: F401
-except ImportError as error:
-    ONNX_IMPORT_ERROR = error
-else:
-    ONNX_IMPORT_ERROR = None
+# Positions (in sorted file order) of the unreadable files of the test folder:
+# first, in the middle, in a subfolder and last.
+N_FILES = 16
+UNREADABLE = {0: "aa_first.png", 6: "f05_middle.png", 9: "f09/inner.png",
+              15: "zz_last.png"}
 
-needs_onnx = pytest.mark.skipif(
-    ONNX_IMPORT_ERROR is not None,
-    reason=f"deepclust.onnx cannot be imported: {ONNX_IMPORT_ERROR}",
+
+def run(*args, cwd, check=True):
+    """Run ``deepclust ARGS`` in a subprocess; return the CompletedProcess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "deepclust", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def read_csv(text):
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0], rows[1:]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder of 12 readable 8x8 PNGs and 4 unreadable files, in a work dir."""
+    root = tmp_path_factory.mktemp("cli")
+    folder = root / "images"
+    images, _ = make_shape_images(N_FILES - len(UNREADABLE), image_size=8, n_classes=3,
+                                  random_state=0)
+    readable = iter(images)
+    for position in range(N_FILES):
+        name = UNREADABLE.get(position, f"f{position:02d}.png")
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if position in UNREADABLE:
+            path.write_bytes(b"this is not an image")
+        else:
+            Image.fromarray(next(readable)).save(path)
+    files = image_files_in(folder)
+    assert [Path(files[p]).relative_to(folder).as_posix() for p in UNREADABLE] == list(
+        UNREADABLE.values()
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(workdir):
+    """'deepclust fit' with --on-error skip (safetensors), then 'deepclust export'."""
+    fit = run("fit", "images", "--n-clusters", "3", "--epochs", "1", "--batch-size", "8",
+              "--on-error", "skip", "-o", "cdc-model", cwd=workdir)
+    run("export", "cdc-model", "cdc.onnx", cwd=workdir)
+    return fit
+
+
+def test_fit_saves_pickle_free_model(workdir, fitted):
+    # Check that 'deepclust fit' saves the safetensors folder by default, reports
+    # the unreadable files on stderr, and records one label per file.
+    assert "saved CDCClusterer to cdc-model (safetensors" in fitted.stdout
+    assert "cluster sizes: [" in fitted.stdout
+    assert "4 unreadable file(s) were left out of training" in fitted.stderr
+    assert "Traceback" not in fitted.stderr
+    model = load(workdir / "cdc-model")
+    files = image_files_in(workdir / "images")
+    assert model.input_files_ == [str(Path("images") / Path(f).relative_to(
+        workdir / "images")) for f in files]
+    assert model.labels_.shape == (N_FILES,)
+    assert (model.labels_[list(UNREADABLE)] == -1).all()
+    np.testing.assert_array_equal(model.skipped_indices_, sorted(UNREADABLE))
+    assert model.n_epochs_ == 1 and model.batch_size == 8
+
+
+@pytest.mark.parametrize("model_path", ["cdc.onnx", "cdc-model"])
+def test_predict_one_row_per_file(workdir, fitted, model_path):
+    # Check that 'deepclust predict' (ONNX file or saved model) writes one row per
+    # file in sorted order, relative to the folder; that each readable file's row
+    # equals predicting that file alone; and that unreadable files get a status
+    # and an error instead of a label.
+    result = run("predict", model_path, "images", "--on-error", "skip", "--csv",
+                 "out.csv", cwd=workdir)
+    header, rows = read_csv((workdir / "out.csv").read_text())
+    assert header == ["file", "status", "label", "probability", "proba_0", "proba_1",
+                      "proba_2", "error"]
+    files = image_files_in(workdir / "images")
+    assert [row[0] for row in rows] == [
+        Path(f).relative_to(workdir / "images").as_posix() for f in files
+    ]
+    single = onnx.OnnxClusterer(workdir / "cdc.onnx")
+    sizes = np.zeros(3, dtype=int)
+    for position, (row, path) in enumerate(zip(rows, files)):
+        if position in UNREADABLE:
+            assert row[1] == "unreadable" and row[2:7] == [""] * 5
+            assert "UnidentifiedImageError" in row[7]
+            continue
+        alone = single.predict_proba([path])[0]
+        assert row[1] == "ok" and row[7] == ""
+        assert int(row[2]) == int(alone.argmax())
+        np.testing.assert_allclose([float(v) for v in row[4:7]], alone, atol=1e-4)
+        assert float(row[3]) == pytest.approx(alone.max(), abs=1e-4)
+        sizes[int(row[2])] += 1
+    assert f"{N_FILES} input(s): {N_FILES - 4} predicted, 4 unreadable" in result.stderr
+    assert "cluster sizes: " + ", ".join(f"{k}: {n}" for k, n in enumerate(sizes)) in (
+        result.stderr
+    )
+
+
+def test_predict_refuses_unreadable_files_by_default(workdir, fitted):
+    # Check that without --on-error skip an unreadable file stops predict with
+    # one line that names the file and the flag.
+    result = run("predict", "cdc.onnx", "images", cwd=workdir, check=False)
+    assert result.returncode == 1
+    assert result.stdout.count("\n") <= 1  # at most the CSV header
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "aa_first.png" in lines[0] and "--on-error skip" in lines[0]
+
+
+def test_joblib_format_and_cd_model(workdir, fitted):
+    # Check 'fit --format joblib' for a CD model and 'predict' of its head
+    # activations on stdout, one column per head, for a single image file.
+    run("fit", "images", "--model", "cd", "--epochs", "1", "--on-error", "skip",
+        "--param", "n_heads=5", "--param", "backbone=mlp", "--image-size", "6",
+        "-o", "cd.joblib", "--quiet", cwd=workdir)
+    estimator = joblib.load(workdir / "cd.joblib")
+    assert isinstance(estimator, ContrastiveDisentangler)
+    assert estimator.n_heads == 5 and estimator.image_size_ == (6, 6)
+    image = str(Path("images") / "f01.png")
+    result = run("predict", "cd.joblib", image, "--decimals", "3", cwd=workdir)
+    header, rows = read_csv(result.stdout)
+    assert header == ["file", "status", *[f"head_{i}" for i in range(5)], "error"]
+    assert [row[:2] for row in rows] == [[image, "ok"]]
+    expected = estimator.transform([str(workdir / image)])[0]
+    np.testing.assert_allclose([float(v) for v in rows[0][2:7]], expected, atol=1e-3)
+    assert all(len(v.split(".")[1]) == 3 for v in rows[0][2:7])
+
+
+def test_predict_npy_rows(workdir, fitted, tmp_path):
+    # Check that a .npy input gives one row per array row, named by index.
+    images, _ = make_shape_images(5, image_size=8, random_state=3)
+    np.save(tmp_path / "batch.npy", images)
+    result = run("predict", "cdc.onnx", tmp_path / "batch.npy", "--quiet", cwd=workdir)
+    _, rows = read_csv(result.stdout)
+    assert [row[0] for row in rows] == [f"batch.npy[{i}]" for i in range(5)]
+    expected = onnx.OnnxClusterer(workdir / "cdc.onnx").predict(images)
+    assert [int(row[2]) for row in rows] == expected.tolist()
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["fit", "missing_folder"], "DATA 'missing_folder' does not exist"),
+        (["fit", "empty"], "DATA 'empty' is a folder with no image files"),
+        (["fit", "images", "--model", "cd", "--n-clusters", "3"],
+         "--n-clusters applies to --model cdc only"),
+        (["fit", "images", "--param", "batch_siz=4"],
+         "--param batch_siz: CDCClusterer has no parameter 'batch_siz'; did you mean "
+         "batch_size"),
+        (["fit", "images", "--param", "noequals"], "--param 'noequals': expected NAME=VALUE"),
+        (["fit", "images", "-o", "notes.txt", "--format", "safetensors"],
+         "--output 'notes.txt' is an existing file"),
+        (["fit", "images", "--epochs", "1"], "DATA has 4 image file(s) that cannot be "
+         "decoded"),
+        (["predict", "missing_model", "images"], "MODEL 'missing_model' does not exist"),
+        (["predict", "notes.txt", "images"], "MODEL 'notes.txt' is not a deepclust model"),
+        (["predict", "junk.onnx", "images"], "'junk.onnx' could not be loaded as an ONNX"),
+        (["predict", "cdc-model", "notes.txt"], "DATA 'notes.txt' is neither a folder"),
+        (["export", "cdc.onnx", "again.onnx"], "MODEL 'cdc.onnx' is already an ONNX file"),
+        (["export", "missing_model", "m.onnx"], "MODEL 'missing_model' does not exist"),
+    ],
+    ids=["fit-missing-path", "fit-empty-folder", "cd-with-n-clusters", "unknown-param",
+         "param-without-value", "output-is-a-file", "unreadable-without-skip",
+         "missing-model", "not-a-model", "invalid-onnx", "data-not-images",
+         "export-onnx", "export-missing-model"],
 )
+def test_user_mistakes_give_one_line(workdir, fitted, args, expected):
+    # Check that each user mistake prints one line naming the flag or path, exits
+    # with status 1 and shows no traceback.
+    (workdir / "empty").mkdir(exist_ok=True)
+    (workdir / "notes.txt").write_text("not a model")
+    (workdir / "junk.onnx").write_bytes(b"\x00not an onnx file")
+    result = run(*args, cwd=workdir, check=False)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines()
+             if not line.startswith("deepclust: warning:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"deepclust {args[0]}: error: ")
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
 
 
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """A folder of 12 RGB PNG images of 8x8 px."""
-    folder = tmp_path_factory.mktemp("pngs")
-    images, _ = make_shape_images(12, image_size=8, n_classes=3, random_state=0)
-    for index, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"image_{index:02d}.png")
-    return folder
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["fit", "images", "--on-error", "ignore"], "argument --on-error: invalid choice"),
+        (["fit", "images", "--batch-size", "0"], "argument --batch-size: expected a "
+         "positive integer"),
+        (["fit", "images", "--epochs", "many"], "argument --epochs: expected 'auto' or"),
+        (["predict", "cdc.onnx"], "the following arguments are required: DATA"),
+        (["cluster"], "argument COMMAND: invalid choice"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_give_one_line_without_torch(workdir, args, expected):
+    # Check that usage errors exit with status 2 on one line, before torch loads.
+    code = (
+        "import sys\nfrom deepclust.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exit:\n"
+        "    print('torch' in sys.modules, exit.code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=workdir,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["False", "2"]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
-@pytest.fixture(scope="module")
-def fitted_model_file(image_folder, tmp_path_factory):
-    """A CDCClusterer with 3 clusters saved by 'deepclust fit' on image_folder."""
-    path = tmp_path_factory.mktemp("model") / "cdc.joblib"
-    main(["fit", str(image_folder), "--n-clusters", "3", "--epochs", "1",
-          "-o", str(path)])
-    return path
+def test_help_and_version_do_not_import_torch():
+    # Check that --help of every command shows defaults and that neither --help
+    # nor --version imports torch.
+    code = (
+        "import sys, contextlib, io\nfrom deepclust.cli import main\n"
+        "for argv in (['--help'], ['fit', '--help'], ['predict', '--help'], "
+        "['export', '--help'], ['demo', '--help'], ['--version']):\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+        "    sys.stderr.write(out.getvalue())\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.strip() == "False"
+    assert "deepclust 0." in result.stderr
+    assert "(default: 128)" in result.stderr  # fit --batch-size
+    assert "(default: raise)" in result.stderr  # --on-error
+
+
+def test_every_option_has_help():
+    # Check that every option of every command has help text.
+    from deepclust.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+
+
+def test_debug_shows_traceback(workdir):
+    # Check that --debug lets the exception through with its traceback.
+    result = run("fit", "missing_folder", "--debug", cwd=workdir, check=False)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "CommandError" in result.stderr
+
+
+def test_fit_defaults_match_estimators():
+    # Check that the defaults shown by 'deepclust fit --help' are the estimators'.
+    for estimator in (CDCClusterer(), ContrastiveDisentangler()):
+        params = estimator.get_params()
+        for name, value in FIT_DEFAULTS.items():
+            if name in params:
+                assert params[name] == value, name
 
 
 @pytest.mark.slow
 def test_demo_prints_score_table(capsys):
     # Check that 'deepclust demo' trains CDC on the digits and prints ACC, NMI and
     # ARI for KMeans and CDC.
-    assert main(["demo", "--model", "cdc", "--epochs", "1"]) == 0
+    assert main(["demo", "--model", "cdc", "--epochs", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("method"))
@@ -61,109 +308,13 @@ def test_demo_prints_score_table(capsys):
     assert "CD heads" not in out
 
 
-def test_fit_writes_model(fitted_model_file):
-    # Check that 'deepclust fit' on a folder of PNGs saves a fitted CDCClusterer.
-    estimator = joblib.load(fitted_model_file)
-    assert isinstance(estimator, CDCClusterer)
-    assert estimator.n_clusters == 3
-    assert estimator.n_epochs_ == 1
-    assert estimator.labels_.shape == (12,)
-    assert estimator.image_size_ == (8, 8)
-
-
-def test_fit_prints_summary(image_folder, tmp_path, capsys):
-    # Check that 'deepclust fit' reports where it saved the model and the cluster sizes.
-    path = tmp_path / "model.joblib"
-    main(["fit", str(image_folder), "--n-clusters", "2", "--epochs", "1",
-          "-o", str(path)])
-    out = capsys.readouterr().out
-    assert f"saved CDCClusterer to {path}" in out
-    assert "cluster sizes: [" in out
-
-
-def test_fit_cd_on_npy_with_resize(tmp_path):
-    # Check that 'deepclust fit --model cd' reads a .npy array and resizes it.
-    images, _ = make_shape_images(8, image_size=8, random_state=0)
-    data = tmp_path / "images.npy"
-    np.save(data, images)
-    path = tmp_path / "cd.joblib"
-    main(["fit", str(data), "--model", "cd", "--epochs", "1", "--image-size", "10",
-          "-o", str(path)])
-    estimator = joblib.load(path)
-    assert isinstance(estimator, ContrastiveDisentangler)
-    assert estimator.image_size_ == (10, 10)
-    assert estimator.transform(images).shape == (8, estimator.n_heads)
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [],
-        ["cluster"],
-        ["demo", "--model", "kmeans"],
-        ["demo", "--epochs", "many"],
-        ["fit"],
-        ["fit", "images", "--on-error", "ignore"],
-        ["export", "model.joblib"],
-    ],
-    ids=["no_command", "unknown_command", "bad_model", "bad_epochs", "fit_without_data",
-         "bad_on_error", "export_without_output"],
-)
-def test_argument_errors_exit(argv, capsys):
-    # Check that invalid command lines exit with status 2 and a usage message.
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    assert "usage: deepclust" in capsys.readouterr().err
-
-
-def test_help_exits_cleanly(capsys):
-    # Check that --help lists the subcommands and exits with status 0.
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    for command in ["demo", "fit", "export", "predict"]:
-        assert command in out
-
-
-@needs_onnx
-def test_export_then_predict_csv(fitted_model_file, image_folder, tmp_path, capsys):
-    # Check that 'deepclust export' writes an ONNX file whose 'deepclust predict'
-    # CSV has one row per image with a label and its probability.
-    onnx_path = tmp_path / "cdc.onnx"
-    assert main(["export", str(fitted_model_file), str(onnx_path)]) == 0
-    assert onnx_path.is_file()
-    assert f"to {onnx_path}" in capsys.readouterr().out
-
-    csv_path = tmp_path / "labels.csv"
-    argv = ["predict", str(onnx_path), str(image_folder), "--csv", str(csv_path)]
-    assert main(argv) == 0
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    assert rows[0] == ["file", "label", "probability"]
-    expected_files = sorted(str(path) for path in image_folder.glob("*.png"))
-    assert [row[0] for row in rows[1:]] == expected_files
-    labels = np.array([int(row[1]) for row in rows[1:]])
-    probabilities = np.array([float(row[2]) for row in rows[1:]])
-    assert ((labels >= 0) & (labels < 3)).all()
-    assert ((probabilities >= 1 / 3 - 1e-6) & (probabilities <= 1 + 1e-6)).all()
-
-
-@needs_onnx
-def test_predict_cd_heads_to_stdout(image_folder, tmp_path, capsys):
-    # Check that 'deepclust predict' on an exported CD model prints the head
-    # activations of every image as CSV on stdout.
-    model_path = tmp_path / "cd.joblib"
-    onnx_path = tmp_path / "cd.onnx"
-    main(["fit", str(image_folder), "--model", "cd", "--epochs", "1",
-          "-o", str(model_path)])
-    main(["export", str(model_path), str(onnx_path)])
-    capsys.readouterr()
-    assert main(["predict", str(onnx_path), str(image_folder)]) == 0
-    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
-    n_heads = joblib.load(model_path).n_heads
-    assert rows[0] == ["file"] + [f"head_{i}" for i in range(n_heads)]
-    assert len(rows) == 13
-    heads = np.array([[float(value) for value in row[1:]] for row in rows[1:]])
-    assert ((heads > 0) & (heads < 1)).all()
+def test_in_process_predict_warns_nothing_unexpected(workdir, fitted, capsys):
+    # Check that main() returns 0 in process and that the skipped files are
+    # reported in the CSV rather than as stray warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedInputsWarning)
+        code = main(["predict", str(workdir / "cdc.onnx"), str(workdir / "images"),
+                     "--on-error", "skip", "--quiet"])
+    assert code == 0
+    _, rows = read_csv(capsys.readouterr().out)
+    assert sum(row[1] == "unreadable" for row in rows) == len(UNREADABLE)

@@ -357,7 +357,8 @@ def test_clusterer_params_clone_and_pickle(fitted):
     _, path = fitted("cdc_mlp")
     _, image_path = fitted("cdc_small_rgb")
     clusterer = OnnxClusterer(path, batch_size=4)
-    assert clusterer.get_params() == {"path": path, "providers": None, "batch_size": 4}
+    assert clusterer.get_params() == {"path": path, "providers": None, "batch_size": 4,
+                                      "on_error": None}
     assert clusterer.fit() is clusterer
     assert clusterer.__sklearn_is_fitted__()
     assert repr(clusterer) == f"OnnxClusterer({str(path)!r}, batch_size=4)"

@@ -147,7 +147,10 @@ callable, default="auto"
     predict_batch_size : int, default=1024
         Largest batch used by predict/transform/score; inputs are streamed.
     on_error : {"raise", "skip"}, default="raise"
-        What to do with unreadable image files: raise, or skip them with a warning.
+        What to do with image files that cannot be read: raise, or leave them
+        out with a ``SkippedInputsWarning`` that lists them. Outputs keep one
+        row per input, in input order: skipped files get label -1 and NaN rows
+        (``skipped_indices_`` lists those left out of training).
     callbacks : list of skorch callbacks, default=None
         Extra callbacks for the skorch net (e.g. ``EarlyStopping(monitor="train_loss")``).
     checkpoint_dir : str or path-like, default=None
@@ -169,6 +172,13 @@ callable, default="auto"
 """
 
 SHARED_ATTRIBUTES_DOC = """
+    skipped_indices_ : ndarray of shape (n_skipped,)
+        Positions in X of the image files that could not be read and were left
+        out of training (``on_error="skip"``); empty when every input was used.
+    input_files_ : list of str or None
+        The image files of X in input order (for a folder: the sorted files
+        below it), readable or not; None for arrays and PIL images. Outputs
+        such as ``labels_`` have one row per entry.
     input_kind_ : {"image", "tabular"}
     n_features_in_ : int
         Number of features (tabular input only).
@@ -544,6 +554,8 @@ class BaseDeepEstimator(BaseEstimator):
         return source
 
     def _set_input_attributes(self, source):
+        self.skipped_indices_ = np.array(sorted(source.skipped), dtype=np.int64)
+        self.input_files_ = getattr(source, "input_paths", None)
         self.input_kind_ = "tabular" if isinstance(source, TabularInput) else "image"
         if self.input_kind_ == "tabular":
             self.n_features_in_ = source.n_features
@@ -713,7 +725,8 @@ class BaseDeepEstimator(BaseEstimator):
         image_size = self.image_size_ if self.input_kind_ == "image" else None
         source = read_input(X, image_size=image_size, channels=channels,
                             data_format=self.data_format, on_error=self.on_error,
-                            allow_tabular=self.input_kind_ == "tabular")
+                            allow_tabular=self.input_kind_ == "tabular",
+                            min_readable=0)
         check_matches(
             source, kind=self.input_kind_, channels=channels, size=image_size,
             owner=type(self).__name__,
@@ -725,17 +738,27 @@ class BaseDeepEstimator(BaseEstimator):
         return self.net_.unwrapped_module()
 
     def _map_batches(self, X, function) -> np.ndarray:
-        """Apply ``function(model, unit_batch) -> Tensor`` to X in eval mode, streamed."""
+        """``function(model, unit_batch) -> Tensor`` of every input, one row each.
+
+        Inputs skipped as unreadable (``on_error="skip"``) get NaN rows, so the
+        output always has one row per input, in input order.
+        """
         return self._map_source(self._read_predict_input(X), function)
 
     def _map_source(self, source, function) -> np.ndarray:
+        """Apply ``function`` to ``source`` in eval mode, streamed, one row per input."""
         model = self._model()
         was_training = model.training
         model.eval()
         outputs = []
+        batches = iter_batches(source, self.predict_batch_size)
+        if source.n_samples == 0:
+            # Every input was unreadable: one blank image gives the output width.
+            blank = np.zeros((1, source.channels, *source.size), dtype=source.dtype)
+            batches = [(0, blank)]
         try:
             with torch.no_grad(), self.net_.autocast():
-                for _, raw in iter_batches(source, self.predict_batch_size):
+                for _, raw in batches:
                     batch = torch.from_numpy(np.ascontiguousarray(raw)).to(self.net_.device)
                     unit = model.scaler.to_unit(batch)
                     if self.net_.criterion_.channels_last:
@@ -743,7 +766,8 @@ class BaseDeepEstimator(BaseEstimator):
                     outputs.append(function(model, unit).float().cpu().numpy())
         finally:
             model.train(was_training)
-        return np.concatenate(outputs).astype(np.float32, copy=False)
+        values = np.concatenate(outputs)[: source.n_samples]
+        return source.to_input_rows(values.astype(np.float32, copy=False), np.nan)
 
     def _checked_transform_output(self) -> str:
         """``transform_output``, validated here too since it may be set after fit."""
@@ -785,6 +809,8 @@ class BaseDeepEstimator(BaseEstimator):
     def _augmented_pairs(self, X, function):
         """``function`` outputs for two seeded augmented views of every sample."""
         source = self._read_predict_input(X)
+        if source.n_samples == 0:
+            raise InputError("X has no readable input to score.")
         model = self._model()
         augment = self.net_.criterion_.augment
         generator = torch.Generator(device=self.net_.device).manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from deepclust._inputs import InputError
+from deepclust._inputs import InputError, labels_from_proba
 from deepclust.augment import StrongAugment
 from deepclust.estimators._base import (
     SHARED_ATTRIBUTES_DOC,
@@ -142,8 +142,9 @@ class CDCClusterer(Float32TransformerMixin, ClusterMixin, ClassNamePrefixFeature
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
-        Cluster of each training sample, from a final eval-mode pass (so
-        ``fit_predict(X)`` equals ``fit(X).predict(X)``).
+        Cluster of each input of X, from a final eval-mode pass (so
+        ``fit_predict(X)`` equals ``fit(X).predict(X)``); -1 for image files
+        that could not be read (``on_error="skip"``).
     cluster_sizes_ : ndarray of shape (n_clusters,)
         Number of training samples in each cluster (a ConvergenceWarning is
         raised when some are empty).
@@ -244,8 +245,10 @@ class CDCClusterer(Float32TransformerMixin, ClusterMixin, ClassNamePrefixFeature
 
     def _after_fit(self, source):
         probabilities = self._map_source(source, _cluster_probabilities)
-        self.labels_ = probabilities.argmax(axis=1).astype(np.int64)
-        self.cluster_sizes_ = np.bincount(self.labels_, minlength=self.n_clusters)
+        self.labels_ = labels_from_proba(probabilities)
+        self.cluster_sizes_ = np.bincount(
+            self.labels_[self.labels_ >= 0], minlength=self.n_clusters
+        )
         warn_empty_clusters(self.cluster_sizes_, type(self).__name__)
 
     def predict_proba(self, X):
@@ -258,7 +261,8 @@ class CDCClusterer(Float32TransformerMixin, ClusterMixin, ClassNamePrefixFeature
         Returns
         -------
         proba : ndarray of shape (n_samples, n_clusters)
-            float32 rows summing to 1.
+            float32 rows summing to 1, one per input in input order; NaN rows
+            for image files that could not be read (``on_error="skip"``).
         """
         return self._map_batches(X, _cluster_probabilities)
 
@@ -272,9 +276,11 @@ class CDCClusterer(Float32TransformerMixin, ClusterMixin, ClassNamePrefixFeature
         Returns
         -------
         labels : ndarray of shape (n_samples,)
-            int64 cluster indices in [0, n_clusters).
+            int64 cluster indices in [0, n_clusters), one per input in input
+            order; -1 for image files that could not be read
+            (``on_error="skip"``).
         """
-        return self.predict_proba(X).argmax(axis=1).astype(np.int64)
+        return labels_from_proba(self.predict_proba(X))
 
     def transform(self, X):
         """Cluster probabilities, backbone embeddings or instance embeddings.
