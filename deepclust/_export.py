@@ -31,7 +31,6 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from deepclust._version import __version__
-from deepclust.losses import split_projection
 from deepclust.models import CDCModel, CDModel
 
 __all__ = ["export_onnx"]
@@ -94,27 +93,8 @@ class ExportGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.channels_last_input:
             x = x.permute(0, 3, 1, 2)
-        unit = self.model.scaler.to_unit(x)
-        # The backbone runs once and every head reads its features: calling the
-        # model's convenience methods per output would put one backbone copy per
-        # output into the graph. This mirrors CDModel.forward and
-        # CDCModel.cluster_probabilities; the parity tests guard the equivalence.
-        embedding = self.model.embed(unit)
-        values = {"embedding": embedding}
-        if isinstance(self.model, CDCModel):
-            z_cluster, z_instance = split_projection(
-                self.model.head(embedding), self.model.n_clusters
-            )
-            logits = z_cluster / self.model.cluster_temperature
-            probabilities = torch.softmax(logits, dim=1)
-            values.update(
-                probabilities=probabilities,
-                labels=probabilities.argmax(dim=1),
-                instance=z_instance,
-            )
-        else:
-            values["heads"] = self.model.predictor(self.model.projector(embedding))
-        return tuple(values[name] for name in self.outputs)
+        # One call for every output: the backbone runs once in the graph.
+        return self.model(self.model.scaler.to_unit(x), self.outputs)
 
 
 def export_onnx(
@@ -168,13 +148,15 @@ def export_onnx(
 
 # ----------------------------------------------------------------- validation
 def _fitted_model(estimator) -> nn.Module:
-    if not hasattr(estimator, "_model") or not hasattr(estimator, "get_params"):
+    # Duck-typed: the estimators call this module (estimator.export_onnx), so it
+    # cannot import them without an import cycle.
+    if not (hasattr(estimator, "get_params") and hasattr(estimator, "export_onnx")):
         raise TypeError(
             "estimator must be a fitted CDCClusterer or ContrastiveDisentangler; got "
             f"{type(estimator).__name__}."
         )
     check_is_fitted(estimator, "net_")
-    model = estimator._model()
+    model = estimator.net_.unwrapped_module()
     if not isinstance(model, (CDModel, CDCModel)):
         raise TypeError(
             "estimator must hold a CDModel or CDCModel network; "
@@ -284,7 +266,7 @@ def _example_input(estimator, input_format: str, batch: int) -> torch.Tensor:
             rng.integers(0, 256, (batch, height, width, channels), dtype=np.uint8)
         )
     # Raw float images: values spread over the range the scaler maps to [0, 1].
-    scaler = estimator._model().scaler
+    scaler = estimator.net_.unwrapped_module().scaler
     low = float(scaler.offset.min())
     high = low + 1.0 / float(scaler.scale.max())
     unit = rng.random((batch, channels, height, width), dtype=np.float32)

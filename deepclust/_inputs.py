@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepclust._validation import check_image_size, check_positive_int, is_int
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CorruptImageError",
@@ -526,7 +528,7 @@ def read_input(
     >>> read_input([[0.0, 1.0], [2.0, 3.0]])
     TabularInput(n_samples=2, n_features=2)
     """
-    size = _check_image_size(image_size)
+    size = check_image_size(image_size)
     _check_params(channels, data_format, on_error, cache_bytes)
 
     if isinstance(X, (str, os.PathLike)):
@@ -711,12 +713,7 @@ def iter_batches(inp, batch_size):
     >>> [(start, batch.shape) for start, batch in iter_batches(inp, 2)]
     [(0, (2, 1, 8, 8)), (2, (2, 1, 8, 8)), (4, (1, 1, 8, 8))]
     """
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    check_positive_int(batch_size, "batch_size")
     for start in range(0, inp.n_samples, batch_size):
         yield start, inp.read(slice(start, start + batch_size))
 
@@ -795,27 +792,6 @@ def image_files_in(directory):
 # ---------------------------------------------------------------------------
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check_image_size(image_size):
-    if image_size is None:
-        return None
-    if _is_int(image_size) and image_size > 0:
-        return (int(image_size), int(image_size))
-    if (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(_is_int(v) and v > 0 for v in image_size)
-    ):
-        return (int(image_size[0]), int(image_size[1]))
-    raise ValueError(
-        "image_size must be None, a positive int or a pair (height, width) of "
-        f"positive ints; got {image_size!r}."
-    )
-
-
 def _check_params(channels, data_format, on_error, cache_bytes):
     if channels is not None and channels not in _SUPPORTED_CHANNELS:
         raise ValueError(f"channels must be None, 1 or 3; got {channels!r}.")
@@ -825,7 +801,7 @@ def _check_params(channels, data_format, on_error, cache_bytes):
         )
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip'; got {on_error!r}.")
-    if not _is_int(cache_bytes) or cache_bytes < 0:
+    if not is_int(cache_bytes) or cache_bytes < 0:
         raise ValueError(
             f"cache_bytes must be a non-negative int; got {cache_bytes!r}."
         )

@@ -35,6 +35,8 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
+from deepclust._validation import check_image_size
+
 __all__ = [
     "FeatureAugment",
     "SimCLRAugment",
@@ -97,28 +99,6 @@ def _check_interval(
             f"{upper}], got {value!r}."
         )
     return float(low), float(high)
-
-
-def _check_output_size(output_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
-        size = (int(output_size), int(output_size))
-    elif (
-        isinstance(output_size, (tuple, list))
-        and len(output_size) == 2
-        and all(
-            isinstance(s, numbers.Integral) and not isinstance(s, bool)
-            for s in output_size
-        )
-    ):
-        size = (int(output_size[0]), int(output_size[1]))
-    else:
-        raise ValueError(
-            "output_size must be a positive int or a (height, width) pair of "
-            f"positive ints, got {output_size!r}."
-        )
-    if min(size) < 1:
-        raise ValueError(f"output_size must be positive, got {output_size!r}.")
-    return size
 
 
 def _default_blur_kernel_size(output_size: tuple[int, int]) -> int:
@@ -432,7 +412,7 @@ class SimCLRAugment(nn.Module):
         blur_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.output_size = _check_output_size(output_size)
+        self.output_size = check_image_size(output_size, "output_size", allow_none=False)
         self.crop_scale = _check_interval(
             "crop_scale", crop_scale, lower=0.0, upper=1.0
         )
@@ -1078,7 +1058,7 @@ def simclr_pil_transform(
     >>> transform(Image.new("RGB", (32, 32))).shape
     torch.Size([3, 24, 24])
     """
-    size = _check_output_size(output_size)
+    size = check_image_size(output_size, "output_size", allow_none=False)
     crop_scale = _check_interval("crop_scale", crop_scale, lower=0.0, upper=1.0)
     strength = _check_nonnegative("jitter_strength", jitter_strength)
     if 0.2 * strength > 0.5:

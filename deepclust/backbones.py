@@ -33,6 +33,8 @@ import torch
 import torchvision
 from torch import nn
 
+from deepclust._validation import check_image_size, check_positive_int
+
 __all__ = ["MLP", "FrozenBackbone", "SmallCNN", "make_backbone"]
 
 _RESNETS = {
@@ -84,12 +86,12 @@ class SmallCNN(nn.Module):
         self, in_channels: int, widths: Sequence[int] = (64, 128, 256)
     ) -> None:
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
+        check_positive_int(in_channels, "in_channels")
         widths = tuple(widths)
         if not widths:
             raise ValueError("widths must contain at least one stage width, got ().")
         for width in widths:
-            _check_positive_int(width, "each entry of widths")
+            check_positive_int(width, "each entry of widths")
         stages = []
         previous = in_channels
         for width in widths:
@@ -148,14 +150,14 @@ class MLP(nn.Module):
 
     def __init__(self, n_features: int, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
-        _check_positive_int(n_features, "n_features")
+        check_positive_int(n_features, "n_features")
         hidden = tuple(hidden)
         if not hidden:
             raise ValueError("hidden must contain at least one layer width, got ().")
         layers = []
         previous = n_features
         for width in hidden:
-            _check_positive_int(width, "each entry of hidden")
+            check_positive_int(width, "each entry of hidden")
             layers += [
                 nn.Linear(previous, width, bias=False),
                 nn.BatchNorm1d(width),
@@ -329,10 +331,10 @@ def make_backbone(
         raise ValueError(
             f"stem must be one of {', '.join(repr(s) for s in _STEMS)}; got {stem!r}."
         )
-    _check_positive_int(in_channels, "in_channels")
+    check_positive_int(in_channels, "in_channels")
     if n_features is not None:
-        _check_positive_int(n_features, "n_features")
-    image_size = _check_image_size(image_size)
+        check_positive_int(n_features, "n_features")
+    image_size = check_image_size(image_size)
 
     if isinstance(spec, str) and spec in _RESNETS:
         module, out_dim = _make_resnet(spec, in_channels, image_size, stem)
@@ -376,32 +378,6 @@ def make_backbone(
     if freeze:
         module = FrozenBackbone(module)
     return module, out_dim
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-
-
-def _check_image_size(image_size: object) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    if isinstance(image_size, Integral) and not isinstance(image_size, bool):
-        size = (int(image_size), int(image_size))
-    elif isinstance(image_size, Sequence) and len(image_size) == 2:
-        size = tuple(image_size)
-    else:
-        raise ValueError(
-            "image_size must be a positive int or a (height, width) pair; "
-            f"got {image_size!r}."
-        )
-    for side in size:
-        if isinstance(side, bool) or not isinstance(side, Integral) or side < 1:
-            raise ValueError(
-                "image_size must be a positive int or a (height, width) pair of "
-                f"positive ints; got {image_size!r}."
-            )
-    return int(size[0]), int(size[1])
 
 
 def _make_resnet(

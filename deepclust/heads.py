@@ -10,9 +10,10 @@ part by the loss.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CDCProjectionHead", "FeaturePredictor", "InstanceProjector"]
+__all__ = ["CDCProjectionHead", "FeaturePredictor", "InstanceProjector", "split_projection"]
 
 
 class InstanceProjector(nn.Sequential):
@@ -119,3 +120,24 @@ class CDCProjectionHead(nn.Sequential):
             nn.Linear(hidden_dim, n_clusters + instance_dim),
         )
 
+
+def split_projection(
+    projection: torch.Tensor, n_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CDC's cluster part z^c (first ``n_clusters`` columns) and instance part z^n.
+
+    Each part is L2-normalised on its own, so that s^c and s^n are both cosines
+    bounded in [-1, 1] (the paper's training diverges without this normalisation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> zc, zn = split_projection(torch.randn(4, 3 + 5), 3)
+    >>> zc.shape, zn.shape
+    (torch.Size([4, 3]), torch.Size([4, 5]))
+    """
+    projection = projection.float()
+    return (
+        F.normalize(projection[:, :n_clusters], dim=1),
+        F.normalize(projection[:, n_clusters:], dim=1),
+    )

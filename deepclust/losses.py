@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# CDCLoss reads the projection in the head's layout; re-exported for users.
+from deepclust.heads import split_projection
+
 __all__ = [
     "BinaryEntropy",
     "CDCLoss",
@@ -215,28 +218,6 @@ class CDLoss(nn.Module):
         total = instance + feature - self.entropy_weight * entropy
         parts = {"instance": instance, "feature": feature, "entropy": entropy}
         return total, {k: v.detach() for k, v in parts.items()}
-
-
-def split_projection(
-    projection: torch.Tensor, n_clusters: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CDC's cluster part z^c (first ``n_clusters`` columns) and instance part z^n.
-
-    Each part is L2-normalised on its own, so that s^c and s^n are both cosines
-    bounded in [-1, 1] (the paper's training diverges without this normalisation).
-
-    Examples
-    --------
-    >>> import torch
-    >>> zc, zn = split_projection(torch.randn(4, 3 + 5), 3)
-    >>> zc.shape, zn.shape
-    (torch.Size([4, 3]), torch.Size([4, 5]))
-    """
-    projection = projection.float()
-    return (
-        F.normalize(projection[:, :n_clusters], dim=1),
-        F.normalize(projection[:, n_clusters:], dim=1),
-    )
 
 
 @torch.no_grad()

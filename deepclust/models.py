@@ -15,10 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepclust.heads import CDCProjectionHead, FeaturePredictor, InstanceProjector
-from deepclust.losses import split_projection
+from deepclust.backbones import make_backbone
+from deepclust.heads import (
+    CDCProjectionHead,
+    FeaturePredictor,
+    InstanceProjector,
+    split_projection,
+)
 
-__all__ = ["CDCModel", "CDModel", "InputScaler"]
+__all__ = ["CDCModel", "CDModel", "InputScaler", "build_model"]
 
 
 class InputScaler(nn.Module):
@@ -88,20 +93,58 @@ class InputScaler(nn.Module):
 
 
 class _ScaledModel(nn.Module):
-    """Shared plumbing: a scaler, a backbone and the family's heads."""
+    """Shared plumbing: a scaler, a backbone and the family's heads.
+
+    ``forward(unit_x, outputs)`` is the one way to run a model: training,
+    inference and the ONNX export all ask it for named outputs, so the
+    backbone runs once per call and every consumer sees the same tensors.
+    """
+
+    output_names: tuple[str, ...] = ("embedding",)
+    default_outputs: str | tuple[str, ...] = "embedding"
 
     def __init__(self, backbone: nn.Module, scaler: InputScaler) -> None:
         super().__init__()
         self.scaler = scaler
         self.backbone = backbone
 
+    def forward(self, unit_x: torch.Tensor, outputs=None):
+        """Named outputs of unit-range input: a tensor for a name, a tuple for a list.
+
+        Parameters
+        ----------
+        unit_x : Tensor
+            Input mapped to the unit range by ``scaler.to_unit``.
+        outputs : str or sequence of str, default=None
+            Names among :attr:`output_names`; None gives :attr:`default_outputs`.
+        """
+        outputs = self.default_outputs if outputs is None else outputs
+        names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+        unknown = [name for name in names if name not in self.output_names]
+        if unknown:
+            raise ValueError(
+                f"Unknown output(s) {unknown} of {type(self).__name__}; available: "
+                f"{list(self.output_names)}."
+            )
+        values = self._outputs(self.backbone(self.scaler.standardize(unit_x)), names)
+        if isinstance(outputs, str):
+            return values[outputs]
+        return tuple(values[name] for name in names)
+
+    def _outputs(self, embedding: torch.Tensor, names) -> dict[str, torch.Tensor]:
+        return {"embedding": embedding}
+
     def embed(self, unit_x: torch.Tensor) -> torch.Tensor:
         """Backbone features h = f(x) of unit-range input."""
-        return self.backbone(self.scaler.standardize(unit_x))
+        return self(unit_x, "embedding")
 
 
 class CDModel(_ScaledModel):
     """Contrastive Disentangling network f -> g -> h.
+
+    Outputs: ``"embedding"`` (the backbone features), ``"projection"`` (the
+    instance projection z) and ``"heads"`` (the K sigmoid head activations);
+    by default ``(projection, heads)``.
 
     Parameters
     ----------
@@ -124,7 +167,12 @@ class CDModel(_ScaledModel):
     >>> z, y = model(torch.rand(2, 3, 2, 2))
     >>> z.shape, y.shape
     (torch.Size([2, 4]), torch.Size([2, 5]))
+    >>> model(torch.rand(2, 3, 2, 2), "embedding").shape
+    torch.Size([2, 12])
     """
+
+    output_names = ("embedding", "projection", "heads")
+    default_outputs = ("projection", "heads")
 
     def __init__(
         self,
@@ -142,14 +190,23 @@ class CDModel(_ScaledModel):
             projection_dim, n_heads, predictor_hidden_dim or backbone_dim
         )
 
-    def forward(self, unit_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instance projection z (B, projection_dim) and head activations (B, K)."""
-        z = self.projector(self.embed(unit_x))
-        return z, self.predictor(z)
+    def _outputs(self, embedding, names):
+        values = {"embedding": embedding}
+        if "projection" in names or "heads" in names:
+            values["projection"] = self.projector(embedding)
+        if "heads" in names:
+            values["heads"] = self.predictor(values["projection"])
+        return values
 
 
 class CDCModel(_ScaledModel):
     """CDC network: backbone and one MLP head split into z^c and z^n.
+
+    Outputs: ``"embedding"`` (backbone features), ``"projection"`` (the raw head
+    output, (B, n_clusters + instance_dim)), ``"cluster"`` and ``"instance"``
+    (the L2-normalised parts z^c and z^n), ``"logits"`` (z^c / t),
+    ``"probabilities"`` (their softmax) and ``"labels"`` (the argmax); by
+    default the projection, which the loss normalises.
 
     Parameters
     ----------
@@ -159,7 +216,7 @@ class CDCModel(_ScaledModel):
     n_clusters : int
     instance_dim : int, default=128
     cluster_temperature : float, default=0.1
-        t of softmax(z^c / t), used by :meth:`cluster_probabilities`.
+        t of softmax(z^c / t).
 
     Examples
     --------
@@ -168,10 +225,14 @@ class CDCModel(_ScaledModel):
     ...                  n_clusters=3, instance_dim=4)
     >>> model(torch.rand(2, 3, 2, 2)).shape
     torch.Size([2, 7])
-    >>> proba = model.cluster_probabilities(torch.rand(2, 3, 2, 2))
-    >>> torch.allclose(proba.sum(dim=1), torch.ones(2))
-    True
+    >>> proba, labels = model(torch.rand(2, 3, 2, 2), ["probabilities", "labels"])
+    >>> torch.allclose(proba.sum(dim=1), torch.ones(2)), labels.shape
+    (True, torch.Size([2]))
     """
+
+    output_names = ("embedding", "projection", "cluster", "instance", "logits",
+                    "probabilities", "labels")
+    default_outputs = "projection"
 
     def __init__(
         self,
@@ -192,15 +253,76 @@ class CDCModel(_ScaledModel):
         self.cluster_temperature = cluster_temperature
         self.head = CDCProjectionHead(backbone_dim, n_clusters, instance_dim)
 
-    def forward(self, unit_x: torch.Tensor) -> torch.Tensor:
-        """Raw projection (B, n_clusters + instance_dim); the loss normalises it."""
-        return self.head(self.embed(unit_x))
+    def _outputs(self, embedding, names):
+        values = {"embedding": embedding}
+        if set(names) == {"embedding"}:
+            return values
+        values["projection"] = self.head(embedding)
+        values["cluster"], values["instance"] = split_projection(
+            values["projection"], self.n_clusters
+        )
+        values["logits"] = values["cluster"] / self.cluster_temperature
+        if "probabilities" in names or "labels" in names:
+            values["probabilities"] = F.softmax(values["logits"], dim=1)
+            values["labels"] = values["probabilities"].argmax(dim=1)
+        return values
 
     def cluster_logits(self, unit_x: torch.Tensor) -> torch.Tensor:
         """z^c / t, whose softmax is the cluster probability."""
-        z_cluster, _ = split_projection(self(unit_x), self.n_clusters)
-        return z_cluster / self.cluster_temperature
+        return self(unit_x, "logits")
 
     def cluster_probabilities(self, unit_x: torch.Tensor) -> torch.Tensor:
         """softmax(z^c / t) of shape (B, n_clusters)."""
-        return F.softmax(self.cluster_logits(unit_x), dim=1)
+        return self(unit_x, "probabilities")
+
+
+_FAMILIES = {"cd": CDModel, "cdc": CDCModel}
+
+
+def build_model(spec: dict) -> CDModel | CDCModel:
+    """Build an untrained CD or CDC network from its description.
+
+    The description holds everything needed to rebuild the same network, so a
+    saved model is rebuilt from it before its weights are loaded.
+
+    Parameters
+    ----------
+    spec : dict
+        ``family`` ("cd" or "cdc"), ``backbone`` (a name or a factory, see
+        :func:`deepclust.backbones.make_backbone`), ``in_channels``,
+        ``image_size`` (None for tabular input), ``n_features`` (tabular
+        input), ``stem``, ``backbone_weights`` (a local file or None),
+        ``freeze_backbone`` and ``heads`` (keyword arguments of the model class
+        besides the backbone and the scaler).
+
+    Returns
+    -------
+    model : CDModel or CDCModel
+
+    Examples
+    --------
+    >>> model = build_model({
+    ...     "family": "cdc", "backbone": "mlp", "in_channels": 3, "image_size": None,
+    ...     "n_features": 4, "stem": "auto", "backbone_weights": None,
+    ...     "freeze_backbone": False, "heads": {"n_clusters": 2, "instance_dim": 3},
+    ... })
+    >>> type(model).__name__, model(torch.zeros(2, 4)).shape
+    ('CDCModel', torch.Size([2, 5]))
+    """
+    if spec.get("family") not in _FAMILIES:
+        raise ValueError(
+            f"spec['family'] must be one of {sorted(_FAMILIES)}; got {spec.get('family')!r}."
+        )
+    tabular = spec["image_size"] is None
+    backbone, backbone_dim = make_backbone(
+        spec["backbone"],
+        in_channels=spec["in_channels"],
+        image_size=None if tabular else tuple(spec["image_size"]),
+        n_features=spec["n_features"],
+        stem=spec["stem"],
+        weights=spec["backbone_weights"],
+        freeze=spec["freeze_backbone"],
+    )
+    scaler = InputScaler(spec["n_features"] if tabular else spec["in_channels"],
+                         image=not tabular)
+    return _FAMILIES[spec["family"]](backbone, backbone_dim, scaler, **spec["heads"])

@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from deepclust._validation import check_positive_int
 from deepclust._inputs import (
     InputError,
     check_matches,
@@ -213,7 +214,7 @@ class OnnxClusterer:
 
     # ------------------------------------------------------------- loading
     def _check_params(self):
-        _check_batch_size(self.batch_size)
+        check_positive_int(self.batch_size, "batch_size")
         if self.on_error not in (None, "raise", "skip"):
             raise ValueError(
                 f"on_error must be None, 'raise' or 'skip'; got {self.on_error!r}."
@@ -553,15 +554,6 @@ class OnnxClusterer:
             values = self.session.run(names, {self.input_name: chunk})
             chunks.append([value[:n_rows] for value in values])
         return [np.concatenate(values) for values in zip(*chunks)]
-
-
-def _check_batch_size(batch_size):
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
 
 
 def _import_onnxruntime():

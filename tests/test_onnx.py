@@ -409,7 +409,8 @@ print(labels.tolist(), sorted(m for m in sys.modules if m.startswith("deepclust"
     assert result.returncode == 0, result.stderr
     expected = OnnxClusterer(path).predict(images).tolist()
     assert result.stdout.strip() == (
-        f"{expected} ['deepclust', 'deepclust._inputs', 'deepclust._version', 'deepclust.onnx']"
+        f"{expected} ['deepclust', 'deepclust._inputs', 'deepclust._validation', "
+        "'deepclust._version', 'deepclust.onnx']"
     )
 
 

@@ -16,7 +16,7 @@ from skorch.callbacks import EarlyStopping
 from skorch.exceptions import DeviceWarning
 
 from deepclust import CDCClusterer, ContrastiveDisentangler
-from deepclust.estimators import _checkpoint
+from deepclust.estimators import _net
 from deepclust.persistence import CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE, load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,9 +111,9 @@ def test_gpu_pickle_loads_on_cpu(fitted, tabular, monkeypatch):
     # CUDA) unpickles on a CPU-only machine with a warning, mapped to the CPU.
     original = fitted["CD"]
     cuda_state = {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
-    real_state = _checkpoint.generator_state
+    real_state = _net.generator_state
     monkeypatch.setattr(
-        _checkpoint,
+        _net,
         "generator_state",
         lambda g: (
             cuda_state if g is original.net_.augment_generator_ else real_state(g)
@@ -152,7 +152,10 @@ def test_save_load_round_trip(name, fitted, tabular, images, tmp_path):
     )
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert config["class"] == type(original).__name__
-    assert config["resolved"]["backbone"] == ("mlp" if name == "CD" else "small_cnn")
+    assert config["format_version"] == 2
+    stored = config["attributes"]["training_config_"]
+    assert stored["backbone"] == ("mlp" if name == "CD" else "small_cnn")
+    assert stored["model"]["family"] == name.lower()
     loaded = type(original).load(tmp_path)
     assert type(loaded) is type(original)
     _assert_same_model(loaded, original, X)
@@ -291,7 +294,7 @@ def _fake_consistent_weights(directory):
     name = next(n for n in tensors if n.startswith("module.") and n.endswith("weight"))
     tensors[name] = torch.zeros(3, 3)
     save_file(tensors, directory / WEIGHTS_FILE)
-    from deepclust.persistence import sha256_file
+    from deepclust._serialization import sha256_file
 
     _edit_config(directory, weights_sha256=sha256_file(directory / WEIGHTS_FILE))
 
@@ -321,7 +324,7 @@ def _fake_consistent_weights(directory):
         ),
         (
             lambda d: _edit_config(d, params__n_heads=6),
-            r"do not match the network .*tensors of the wrong shape: .*\(6,",
+            r"parameters .*n_heads.* do not match the stored network description",
         ),
         (
             lambda d: _edit_config(d, params__n_heads=-1),
@@ -401,7 +404,9 @@ def test_every_torch_load_uses_weights_only():
     assert found >= 1  # the backbone weights loader
     for path in (
         REPO_ROOT / "deepclust" / "persistence.py",
-        REPO_ROOT / "deepclust" / "estimators" / "_checkpoint.py",
+        REPO_ROOT / "deepclust" / "_serialization.py",
+        REPO_ROOT / "deepclust" / "estimators" / "_base.py",
+        REPO_ROOT / "deepclust" / "estimators" / "_training.py",
     ):
         text = path.read_text(encoding="utf-8")
         assert "import pickle" not in text and "torch.load(" not in text

@@ -12,8 +12,9 @@ from sklearn.exceptions import NotFittedError
 from skorch.callbacks import Callback, EarlyStopping
 
 from deepclust import CDCClusterer, ContrastiveDisentangler
-from deepclust.estimators._base import TrainingDivergedError, TwoViewObjective
-from deepclust.estimators._checkpoint import CHECKPOINT_FILE
+from deepclust.estimators._net import TrainingDivergedError
+from deepclust.estimators._training import CHECKPOINT_FILE
+from deepclust.objectives import CDCObjective, CDObjective
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -72,15 +73,17 @@ def nan_loss_at_epoch(monkeypatch):
     """Make the training loss NaN from the given (1-based) epoch on."""
 
     def patch(epoch):
-        original = TwoViewObjective.forward
+        for objective in (CDObjective, CDCObjective):
+            original = objective.forward
 
-        def forward(self, model, unit, generator=None, epoch_index=0):
-            loss, parts = original(self, model, unit, generator, epoch_index)
-            if epoch_index + 1 >= epoch:
-                loss = loss * float("nan")
-            return loss, parts
+            def forward(self, model, unit, generator=None, epoch_index=0,
+                        original=original):
+                loss, parts = original(self, model, unit, generator, epoch_index)
+                if epoch_index + 1 >= epoch:
+                    loss = loss * float("nan")
+                return loss, parts
 
-        monkeypatch.setattr(TwoViewObjective, "forward", forward)
+            monkeypatch.setattr(objective, "forward", forward)
 
     return patch
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from skorch.callbacks import Callback
 
-import deepclust.estimators._base as base
+import deepclust.estimators._net as net_module
 from deepclust import CDCClusterer, ContrastiveDisentangler
-from deepclust.estimators._base import ContrastiveNet, _DeviceBatches
+from deepclust.estimators._net import ContrastiveNet, DeviceBatches
 
 TINY_CD = {"backbone": "small_cnn", "n_heads": 4, "projection_dim": 4, "max_epochs": 1,
            "batch_size": 8, "random_state": 0}
@@ -40,7 +40,7 @@ class _ForwardRecorder(Callback):
 
 def _batches(n_samples, batch_size, seed):
     data = torch.arange(n_samples) * 10
-    return _DeviceBatches(data, batch_size, torch.Generator().manual_seed(seed))
+    return DeviceBatches(data, batch_size, torch.Generator().manual_seed(seed))
 
 
 def _epoch(batches):
@@ -139,7 +139,7 @@ def test_streaming_dataloader_path_trains(shape_images, tmp_path, monkeypatch):
         path = tmp_path / f"{i:02d}.png"
         Image.fromarray(image).save(path)
         paths.append(str(path))
-    monkeypatch.setattr(base, "_MATERIALIZE_BYTES", 0)
+    monkeypatch.setattr(net_module, "_MATERIALIZE_BYTES", 0)
     iterators = []
     get_iterator = ContrastiveNet.get_iterator
 

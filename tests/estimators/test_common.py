@@ -16,7 +16,7 @@ from skorch.callbacks import Callback, EarlyStopping
 from deepclust import CDCClusterer, ContrastiveDisentangler
 from deepclust._inputs import InputError, read_input
 from deepclust.backbones import MLP, FrozenBackbone, SmallCNN, make_backbone
-from deepclust.estimators import _base
+from deepclust.estimators import _net
 
 # Tiny CDC fits often leave a cluster empty; that warning is tested in test_cdc.py.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -402,7 +402,7 @@ def test_predict_input_must_match_fit(Estimator, fitted_on, X, match, fitted_on_
 @pytest.fixture
 def streamed_training(monkeypatch):
     """Make fit stream batches through a DataLoader instead of uploading the data."""
-    monkeypatch.setattr(_base, "_MATERIALIZE_BYTES", 0)
+    monkeypatch.setattr(_net, "_MATERIALIZE_BYTES", 0)
 
 
 @parametrize_estimators
@@ -410,7 +410,7 @@ def test_streamed_training(Estimator, shape_images, streamed_training):
     # Check that training from a streamed (not materialised) input works and is
     # reproducible.
     X = shape_images[0]
-    assert _base._InputDataset(read_input(X), torch.device("cpu")).tensor is None
+    assert _net.InputDataset(read_input(X), torch.device("cpu")).tensor is None
     first = tiny(Estimator).fit(X)
     second = tiny(Estimator).fit(X)
     np.testing.assert_array_equal(first.transform(X), second.transform(X))

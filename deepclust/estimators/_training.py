@@ -1,6 +1,6 @@
 """Training that loses nothing: recovery from failures and Ctrl-C, and checkpoints.
 
-:func:`fit_net` runs the skorch training loop of an estimator with a
+:func:`fit_net` runs the skorch training loop of a net with a
 :class:`TrainingRecovery` callback, which
 
 - keeps a CPU copy of the weights at the end of every epoch whose weights are all
@@ -10,9 +10,6 @@
   (weights, optimizer, learning-rate schedule, random generators and history, in
   safetensors + JSON, no pickle), from which ``resume=True`` continues a fit
   exactly where it stopped.
-
-It also holds the helpers that make the net's torch generators picklable across
-devices (a generator of a CUDA device cannot be unpickled on a CPU-only machine).
 """
 
 # Authors: The deepclust developers
@@ -29,25 +26,26 @@ import torch
 from skorch.callbacks import Callback, LRScheduler
 from skorch.history import History
 
-from deepclust._version import __version__
-from deepclust.persistence import (
-    FORMAT_VERSION,
-    check_format,
+from deepclust._serialization import (
     check_state_dict,
     decode_tree,
     encode_tree,
-    read_json,
-    read_tensors,
-    sha256_file,
-    write_json,
-    write_tensors,
+    read_document,
+    write_document,
+)
+from deepclust._version import __version__
+from deepclust.estimators._net import (
+    GENERATORS,
+    TrainingDivergedError,
+    generator_state,
+    restore_generators,
 )
 
 CHECKPOINT_FORMAT = "deepclust.checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.json"
 _WEIGHTS_NAME = "checkpoint-epoch{:05d}.safetensors"
 _WEIGHTS_GLOB = "checkpoint-epoch*.safetensors"
-_GENERATORS = ("shuffle_generator_", "augment_generator_")
 # Parameters that do not change what is trained: a fit may resume with other values.
 _NOT_COMPARED = frozenset(
     {
@@ -72,63 +70,6 @@ def check_checkpoint_params(estimator) -> None:
             "resume=True needs checkpoint_dir: the directory that holds the checkpoint "
             "to continue from (set checkpoint_dir, or resume=False)."
         )
-
-
-# ---------------------------------------------------------------------------
-# Generators
-# ---------------------------------------------------------------------------
-
-
-def generator_state(generator: torch.Generator) -> dict:
-    """A device-independent description of a generator: its device and state."""
-    return {"device": str(generator.device), "state": generator.get_state()}
-
-
-def make_generator(saved: dict, device, fallback_seed: int) -> torch.Generator:
-    """A generator on ``device`` with the saved state (seeded anew on another device).
-
-    A generator's state only makes sense on its own kind of device (the CPU
-    Mersenne Twister and the CUDA Philox states differ), so a generator saved on
-    a GPU and restored on the CPU restarts from ``fallback_seed``.
-    """
-    saved_device = torch.device(saved["device"])
-    device = torch.device(device)
-    if saved_device.type == "cpu":
-        device = saved_device
-    generator = torch.Generator(device=device)
-    if saved_device.type == device.type:
-        generator.set_state(saved["state"].to("cpu"))
-    else:
-        generator.manual_seed(fallback_seed)
-    return generator
-
-
-def pickle_generators(state: dict) -> dict:
-    """Replace the net's generators in a pickled state by device-independent dicts."""
-    for name in _GENERATORS:
-        if isinstance(state.get(name), torch.Generator):
-            state[name] = generator_state(state[name])
-    return state
-
-
-def unpickle_generators(state: dict) -> dict:
-    """Take the generator dicts out of ``state`` for :func:`restore_generators`."""
-    return {
-        name: state.pop(name)
-        for name in _GENERATORS
-        if isinstance(state.get(name), dict)
-    }
-
-
-def restore_generators(net, saved: dict) -> None:
-    """Rebuild generators removed by :func:`unpickle_generators` on the net's device."""
-    for offset, name in enumerate(_GENERATORS):
-        if name in saved:
-            setattr(
-                net,
-                name,
-                make_generator(saved[name], net.device, net.generator_seed + offset),
-            )
 
 
 # ---------------------------------------------------------------------------
@@ -245,7 +186,7 @@ def write_checkpoint(net, module_state, directory, fingerprint) -> None:
     scheduler = _lr_scheduler(net)
     content = {
         "format": CHECKPOINT_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "deepclust_version": __version__,
         "fit": fingerprint,
         "epoch": epoch,
@@ -267,18 +208,14 @@ def write_checkpoint(net, module_state, directory, fingerprint) -> None:
             name: encode_tree(
                 generator_state(getattr(net, name)), tensors, f"generators.{name}"
             )
-            for name in _GENERATORS
+            for name in GENERATORS
         },
         "history": encode_tree(
             net.history.to_list(), tensors, "history", where="the history"
         ),
     }
     weights = _WEIGHTS_NAME.format(epoch)
-    write_tensors(directory / weights, tensors)
-    content.update(
-        weights_file=weights, weights_sha256=sha256_file(directory / weights)
-    )
-    write_json(directory / CHECKPOINT_FILE, content)
+    write_document(directory, CHECKPOINT_FILE, content, tensors, weights)
     for old in directory.glob(_WEIGHTS_GLOB):
         if old.name != weights:
             old.unlink(missing_ok=True)
@@ -292,21 +229,14 @@ def read_checkpoint(directory) -> dict | None:
     ValueError
         If the checkpoint is damaged, modified or of an unknown format.
     """
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.exists():
+    if not (Path(directory) / CHECKPOINT_FILE).exists():
         return None
     what = f"resume=True: cannot read the checkpoint in {str(directory)!r}"
-    content = read_json(path, what)
-    check_format(content, name=CHECKPOINT_FORMAT, path=path, what=what)
+    content, tensors = read_document(
+        directory, CHECKPOINT_FILE, format_name=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_FORMAT_VERSION, what=what,
+    )
     try:
-        weights = content["weights_file"]
-        if not isinstance(weights, str) or Path(weights).name != weights:
-            raise ValueError(
-                f"{what}: checkpoint.json names the file {weights!r}, which is not a plain file name."
-            )
-        tensors = read_tensors(
-            Path(directory) / weights, content["weights_sha256"], what
-        )
         # The fingerprint stays encoded: it is compared with a fresh encoded one.
         return {
             key: value if key == "fit" else decode_tree(value, tensors)
@@ -396,14 +326,7 @@ def _restore_training_state(net, checkpoint, directory) -> None:
             f"{what}: its optimizer state does not fit the model ({exc})."
         ) from None
     net.history = History(checkpoint["history"])
-    for offset, name in enumerate(_GENERATORS):
-        setattr(
-            net,
-            name,
-            make_generator(
-                checkpoint["generators"][name], net.device, net.generator_seed + offset
-            ),
-        )
+    restore_generators(net, checkpoint["generators"])
 
 
 # ---------------------------------------------------------------------------
@@ -411,17 +334,31 @@ def _restore_training_state(net, checkpoint, directory) -> None:
 # ---------------------------------------------------------------------------
 
 
-def fit_net(estimator, dataset, config) -> BaseException | None:
-    """Train ``estimator.net_`` on ``dataset``, resuming and recovering as configured.
+def fit_net(net, dataset, *, checkpoint_dir=None, checkpoint_every=1, resume=False,
+            fit_description=None, n_user_callbacks=0) -> BaseException | None:
+    """Train ``net`` on ``dataset``, resuming and recovering as configured.
+
+    Parameters
+    ----------
+    net : ContrastiveNet
+        The net to train; its last ``n_user_callbacks`` callbacks are the user's.
+    dataset : InputDataset
+    checkpoint_dir : path-like, default=None
+        Where checkpoints are written (and read with ``resume``).
+    checkpoint_every : int, default=1
+    resume : bool, default=False
+        Continue from the checkpoint in ``checkpoint_dir`` when there is one.
+    fit_description : dict, default=None
+        :func:`fingerprint` of the fit; a resumed fit must match it.
+    n_user_callbacks : int, default=0
 
     Returns
     -------
     error : Exception or None
         An exception that stopped training after at least one epoch with finite
         weights. The net then holds the weights of that epoch and its history
-        ends there; the caller finishes the fit (fitted attributes) and raises
-        it. When nothing can be kept, the estimator is left unfitted and the
-        exception propagates from here.
+        ends there; the caller finishes the fit and raises it. When nothing can
+        be kept, the exception propagates from here.
 
     Warns
     -----
@@ -429,38 +366,17 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
         When training was interrupted by ``KeyboardInterrupt``: the net holds the
         weights of the last completed epoch.
     """
-    from deepclust.estimators._base import TrainingDivergedError
-
-    net = estimator.net_
-    estimator._resolved_config = {
-        "backbone": config["backbone"],
-        "max_epochs": config["max_epochs"],
-    }
-    recovery = TrainingRecovery(
-        estimator.checkpoint_dir,
-        estimator.checkpoint_every,
-        fingerprint(estimator, len(dataset), net.max_epochs),
-    )
+    recovery = TrainingRecovery(checkpoint_dir, checkpoint_every, fit_description)
     # After the learning-rate scheduler (checkpoints hold its stepped state),
     # before the user's callbacks (EarlyStopping stops with KeyboardInterrupt).
-    net.callbacks.insert(
-        len(net.callbacks) - len(estimator.callbacks or []), ("recovery", recovery)
-    )
+    net.callbacks.insert(len(net.callbacks) - n_user_callbacks, ("recovery", recovery))
 
-    checkpoint = None
-    try:
-        if estimator.resume:
-            checkpoint = read_checkpoint(estimator.checkpoint_dir)
-        if checkpoint is not None:
-            _check_fingerprint(
-                checkpoint["fit"] or {}, recovery.fingerprint, estimator.checkpoint_dir
-            )
-            net.initialize()
-            _restore_training_state(net, checkpoint, estimator.checkpoint_dir)
-            recovery.scheduler_state_ = checkpoint["lr_scheduler"]
-    except BaseException:
-        _forget(estimator)
-        raise
+    checkpoint = read_checkpoint(checkpoint_dir) if resume else None
+    if checkpoint is not None:
+        _check_fingerprint(checkpoint["fit"] or {}, recovery.fingerprint, checkpoint_dir)
+        net.initialize()
+        _restore_training_state(net, checkpoint, checkpoint_dir)
+        recovery.scheduler_state_ = checkpoint["lr_scheduler"]
     try:
         if checkpoint is None:
             net.fit(dataset, None)
@@ -470,7 +386,6 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
             )
     except Exception as error:
         if not _restore_snapshot(net, recovery):
-            _forget(estimator)
             raise
         _add_note(
             error,
@@ -484,7 +399,6 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
     interrupted = trained > recovery.completed_epoch_
     if interrupted or recovery.snapshot_epoch_ < trained:
         if not _restore_snapshot(net, recovery):
-            _forget(estimator)
             if interrupted:
                 raise KeyboardInterrupt(
                     f"Training was interrupted during epoch {trained}, before any "
@@ -506,7 +420,7 @@ def fit_net(estimator, dataset, config) -> BaseException | None:
         if recovery.checkpoint_epoch_ is not None or checkpoint is not None:
             hint = (
                 f" Fit again with resume=True to continue from the checkpoint in "
-                f"{str(estimator.checkpoint_dir)!r}."
+                f"{str(checkpoint_dir)!r}."
             )
         warnings.warn(
             f"Training was interrupted (KeyboardInterrupt) during epoch {trained}; the "
@@ -526,14 +440,6 @@ def _restore_snapshot(net, recovery) -> bool:
     del net.history[recovery.snapshot_epoch_ :]
     recovery.snapshot_ = None
     return True
-
-
-def _forget(estimator) -> None:
-    """Leave the estimator unfitted: its fitted attributes would not match."""
-    for name in [
-        n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")
-    ]:
-        delattr(estimator, name)
 
 
 def _add_note(error: BaseException, note: str) -> None:

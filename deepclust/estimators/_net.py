@@ -1,0 +1,406 @@
+"""The skorch net that trains and runs a deepclust model, and what it iterates over.
+
+One training step, top to bottom (:meth:`ContrastiveNet.train_step_single`):
+
+1. the batch arrives as raw input (uint8 or float images, float rows), already
+   on the device when the whole input fits there (:class:`DeviceBatches`) or
+   read lazily by a DataLoader (:class:`InputDataset`);
+2. the model's own scaler maps it to the unit range (``scaler.to_unit``);
+3. under autocast, the criterion (a :mod:`deepclust.objectives` objective) makes
+   two augmented views, runs the model for the outputs its loss needs and
+   returns the loss and its parts;
+4. the backward pass, a finiteness check, and the parts go to the history.
+
+skorch then clips the gradients (callback), steps the optimizer and the
+learning-rate schedule and runs the other callbacks. Inference
+(:meth:`ContrastiveNet.outputs`) streams an input through the model in eval mode
+and returns one row per input, in input order.
+"""
+
+# Authors: The deepclust developers
+# SPDX-License-Identifier: BSD-3-Clause
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+
+from deepclust._inputs import TabularInput, iter_batches
+
+__all__ = [
+    "ContrastiveNet",
+    "DeviceBatches",
+    "EpochProgress",
+    "InputDataset",
+    "LRFactor",
+    "TrainingDivergedError",
+    "resolve_device",
+]
+
+# Whole inputs up to this size are materialised (and uploaded to the device).
+_MATERIALIZE_BYTES = 4 * 2**30
+# The net's random generators, seeded from generator_seed (+ their position).
+GENERATORS = ("shuffle_generator_", "augment_generator_")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(device) -> torch.device:
+    """The torch device for the ``device`` parameter, with a clear error."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in {"cpu", "cuda", "mps"}:
+        raise ValueError(
+            f"Unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        )
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available; "
+            "use device='auto' or 'cpu'."
+        )
+    return resolved
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+class DeviceBatches:
+    """Shuffled batches of a tensor that already lives on the training device."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, generator: torch.Generator):
+        self.data = data
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.data), self.batch_size)
+        return full + (rest >= 2)  # a trailing lone sample is skipped
+
+    def __iter__(self):
+        order = torch.randperm(len(self.data), generator=self.generator)
+        order = order.to(self.data.device)
+        n_samples = len(self.data)
+        for start in range(0, n_samples, self.batch_size):
+            index = order[start : start + self.batch_size]
+            if len(index) < 2:
+                # A lone sample cannot be contrasted (and breaks BatchNorm).
+                continue
+            yield self.data[index], index
+
+
+class InputDataset(torch.utils.data.Dataset):
+    """Training data for skorch: either materialised on the device or read lazily.
+
+    Indexing with a list of indices reads a whole batch at once, so a DataLoader
+    with a batch sampler decodes files in batches inside its workers.
+    """
+
+    def __init__(self, source, device: torch.device):
+        self.source = source
+        self.tensor = None
+        if isinstance(source, TabularInput):
+            self.tensor = torch.from_numpy(source.data).to(device)
+        elif source.nbytes <= _device_budget(device):
+            self.tensor = torch.from_numpy(source.materialize()).to(device)
+
+    def __len__(self) -> int:
+        return self.source.n_samples
+
+    def __getitem__(self, indices):
+        return torch.from_numpy(self.source.read(list(indices))), torch.as_tensor(indices)
+
+
+def _device_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(_MATERIALIZE_BYTES * 4, free // 4)
+    return _MATERIALIZE_BYTES
+
+
+# ---------------------------------------------------------------------------
+# Callbacks and schedule
+# ---------------------------------------------------------------------------
+
+
+class EpochProgress(Callback):
+    """One tqdm bar over epochs with the running loss (verbose=1)."""
+
+    def on_train_begin(self, net, **kwargs):
+        from tqdm.auto import tqdm
+
+        done = len(net.history)
+        self.bar_ = tqdm(total=net.max_epochs, initial=done, desc="epochs", unit="epoch")
+
+    def on_epoch_end(self, net, **kwargs):
+        self.bar_.update(1)
+        self.bar_.set_postfix(loss=f"{net.history[-1, 'train_loss']:.4f}")
+
+    def on_train_end(self, net, **kwargs):
+        self.bar_.close()
+
+    def __getstate__(self):
+        # A tqdm bar holds its output stream, which cannot be pickled.
+        return {**self.__dict__, "bar_": None}
+
+
+class LRFactor:
+    """Per-epoch learning-rate factor (picklable, unlike a lambda).
+
+    Cosine decay (or a constant 1) over ``max_epochs``, then the constant ``after``
+    for any later stage such as CDC's self-labelling.
+    """
+
+    def __init__(self, max_epochs: int, *, cosine: bool = True, after: float = 0.0):
+        self.max_epochs = max_epochs
+        self.cosine = cosine
+        self.after = after
+
+    def __call__(self, epoch: int) -> float:
+        if epoch >= self.max_epochs:
+            return self.after
+        if not self.cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * epoch / self.max_epochs))
+
+
+# ---------------------------------------------------------------------------
+# Random generators (picklable across devices)
+# ---------------------------------------------------------------------------
+
+
+def generator_state(generator: torch.Generator) -> dict:
+    """A device-independent description of a generator: its device and state."""
+    return {"device": str(generator.device), "state": generator.get_state()}
+
+
+def make_generator(saved: dict, device, fallback_seed: int) -> torch.Generator:
+    """A generator on ``device`` with the saved state (seeded anew on another device).
+
+    A generator's state only makes sense on its own kind of device (the CPU
+    Mersenne Twister and the CUDA Philox states differ), so a generator saved on
+    a GPU and restored on the CPU restarts from ``fallback_seed``.
+    """
+    saved_device = torch.device(saved["device"])
+    device = torch.device(device)
+    if saved_device.type == "cpu":
+        device = saved_device
+    generator = torch.Generator(device=device)
+    if saved_device.type == device.type:
+        generator.set_state(saved["state"].to("cpu"))
+    else:
+        generator.manual_seed(fallback_seed)
+    return generator
+
+
+def restore_generators(net, saved: dict) -> None:
+    """Set the net's generators from :func:`generator_state` descriptions."""
+    for offset, name in enumerate(GENERATORS):
+        if name in saved:
+            setattr(net, name,
+                    make_generator(saved[name], net.device, net.generator_seed + offset))
+
+
+# ---------------------------------------------------------------------------
+# The net
+# ---------------------------------------------------------------------------
+
+
+class ContrastiveNet(NeuralNet):
+    """skorch net whose criterion is a training objective of the module.
+
+    Batches are raw (uint8 or float) inputs; the net moves them to the device,
+    scales them with the model's buffers and lets the objective augment them, so
+    augmentation runs wherever the model runs.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of :class:`skorch.NeuralNet`.
+    precision_dtype : torch.dtype or None, default=None
+        Autocast dtype of training and inference (None: full precision).
+    generator_seed : int, default=0
+        Seed of the shuffling and augmentation generators.
+    """
+
+    def __init__(self, *args, precision_dtype=None, generator_seed=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.precision_dtype = precision_dtype
+        self.generator_seed = generator_seed
+
+    def initialize(self):
+        """Initialise as skorch does, then seed the shuffling and augmentation generators.
+
+        The generators are neither modules, criteria nor optimizers, so no
+        ``initialize_*`` hook of skorch fits them; seeding them here restarts
+        them with every (re)initialisation, as the weights are.
+        """
+        super().initialize()
+        device = torch.device(self.device)
+        self.shuffle_generator_ = torch.Generator().manual_seed(self.generator_seed)
+        self.augment_generator_ = torch.Generator(device=device).manual_seed(
+            self.generator_seed + 1
+        )
+        return self
+
+    def get_iterator(self, dataset, training=False):
+        if training and dataset.tensor is not None:
+            return DeviceBatches(dataset.tensor, self.batch_size, self.shuffle_generator_)
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(dataset, generator=self.shuffle_generator_)
+            if training else torch.utils.data.SequentialSampler(dataset),
+            self.batch_size,
+            # A lone trailing sample cannot be contrasted and breaks BatchNorm.
+            drop_last=training and len(dataset) % self.batch_size == 1,
+        )
+        return torch.utils.data.DataLoader(
+            dataset, sampler=sampler, batch_size=None, **self.get_params_for("iterator_train")
+        )
+
+    def torch_compile(self, module, name):
+        # The objective holds the augmentation (generator draws, a host-side jitter
+        # order): compiling it recompiles endlessly, so compile the network only.
+        return module if name == "criterion" else super().torch_compile(module, name)
+
+    def autocast(self):
+        """Autocast context for the configured precision (a no-op for fp32)."""
+        device_type = torch.device(self.device).type
+        return torch.autocast(device_type, dtype=self.precision_dtype or torch.float32,
+                              enabled=self.precision_dtype is not None)
+
+    def unwrapped_module(self):
+        """The model without a torch.compile wrapper."""
+        return getattr(self.module_, "_orig_mod", self.module_)
+
+    def to_unit(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw input on any device -> the unit range on the net's device (no gradient)."""
+        raw = raw.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            return self.unwrapped_module().scaler.to_unit(raw)
+
+    def train_step_single(self, batch, **fit_params):
+        """Raw batch -> unit range -> objective (two views, model, loss) -> backward."""
+        self._set_training(True)
+        unit = self.to_unit(batch[0])
+        epoch = len(self.history) - 1
+        with self.autocast():
+            loss, parts = self.criterion_(self.module_, unit, self.augment_generator_, epoch)
+        if loss is None:
+            # Nothing to learn from this batch (e.g. no confident pseudo-label):
+            # leave gradients unset so the optimiser skips every parameter.
+            return {"loss": torch.zeros((), device=unit.device), "y_pred": None}
+        # Queue the backward pass before the finiteness check syncs with the device,
+        # so the GPU is not left idle while the host launches it.
+        loss.backward()
+        if not torch.isfinite(loss):
+            # Raising inside the optimiser closure means the step never happens.
+            self.optimizer_.zero_grad(set_to_none=True)
+            batch_index = len(self.history[-1]["batches"])
+            raise TrainingDivergedError(
+                f"The training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                f"batch {batch_index}. Try a lower lr, gradient clipping "
+                "(grad_clip_norm=1.0) or precision='fp32'."
+            )
+        for name, value in parts.items():
+            self.history.record_batch(f"{name}_loss", float(value))
+        return {"loss": loss.detach(), "y_pred": None}
+
+    @contextmanager
+    def _inference(self):
+        """The unwrapped model in eval mode, without gradient, under autocast."""
+        model = self.unwrapped_module()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                yield model
+        finally:
+            model.train(was_training)
+
+    def _unit_batches(self, source, batch_size):
+        batches = iter_batches(source, batch_size)
+        if source.n_samples == 0:
+            # Every input was unreadable: one blank input gives the output shapes.
+            batches = [(0, np.zeros((1, source.channels, *source.size), source.dtype))]
+        for _, raw in batches:
+            yield self.to_unit(torch.from_numpy(np.ascontiguousarray(raw)))
+
+    def outputs(self, source, names, batch_size: int) -> list[np.ndarray]:
+        """Named model outputs of every input of ``source``, one row per input.
+
+        The model runs in eval mode, without gradient, in batches of
+        ``batch_size``. Inputs left out as unreadable get NaN rows (-1 for
+        ``"labels"``), so every array has ``source.n_inputs`` rows in input order.
+
+        Parameters
+        ----------
+        source : ImageInput or TabularInput
+        names : sequence of str
+            Output names of the model.
+        batch_size : int
+
+        Returns
+        -------
+        outputs : list of ndarray
+            One array per name: float32, int64 for ``"labels"``.
+        """
+        parts = [[] for _ in names]
+        with self._inference() as model:
+            for unit in self._unit_batches(source, batch_size):
+                if self.criterion_.channels_last:
+                    unit = unit.contiguous(memory_format=torch.channels_last)
+                for part, value in zip(parts, model(unit, tuple(names))):
+                    part.append(value.cpu())
+        results = []
+        for name, part in zip(names, parts):
+            values = torch.cat(part)[: source.n_samples]
+            values = values.float() if values.is_floating_point() else values
+            fill = -1 if name == "labels" else np.nan
+            results.append(source.to_input_rows(values.numpy(), fill))
+        return results
+
+    def augmented_pairs(self, source, name: str, batch_size: int, seed: int = 0):
+        """Output ``name`` of two seeded augmented views of the readable inputs.
+
+        Returns
+        -------
+        first, second : list of Tensor
+            Per-batch outputs of the first and the second view.
+        """
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        first, second = [], []
+        with self._inference() as model:
+            for unit in self._unit_batches(source, batch_size):
+                for views in (first, second):
+                    augmented = self.criterion_.augment(unit, generator)
+                    views.append(model(augmented, name).float().cpu())
+        return first, second
+
+    def __getstate__(self):
+        # A pickled CUDA generator cannot be unpickled without CUDA; skorch maps
+        # only the module, optimizer and criterion to the CPU.
+        state = super().__getstate__()
+        for name in GENERATORS:
+            if isinstance(state.get(name), torch.Generator):
+                state[name] = generator_state(state[name])
+        return state
+
+    def __setstate__(self, state):
+        saved = {name: state.pop(name) for name in GENERATORS
+                 if isinstance(state.get(name), dict)}
+        super().__setstate__(state)
+        restore_generators(self, saved)
