@@ -57,7 +57,11 @@ _CHECK_RTOL = 1e-3
 _CHECK_ATOL = 1e-4
 # Loggers that print progress or diagnostics while exporting.
 _NOISY_LOGGERS = (
-    "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript",
+    "torch.onnx",
+    "torch.export",
+    "torch._dynamo",
+    "torch.fx",
+    "onnxscript",
 )
 
 
@@ -126,8 +130,9 @@ def export_onnx(
     # and lets the graph's weights be plain CPU tensors.
     on_cpu = _device_of(model).type == "cpu"
     export_model = model if on_cpu else copy.deepcopy(model).cpu()
-    graph = ExportGraph(export_model, outputs,
-                        channels_last_input=input_format == "uint8_nhwc")
+    graph = ExportGraph(
+        export_model, outputs, channels_last_input=input_format == "uint8_nhwc"
+    )
     try:
         graph.eval()
         with torch.no_grad():
@@ -290,12 +295,13 @@ def _quiet_exporter():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
-def _export_graph(graph: nn.Module, example: torch.Tensor, outputs, opset: int,
-                  dynamic_batch: bool):
+def _export_graph(
+    graph: nn.Module, example: torch.Tensor, outputs, opset: int, dynamic_batch: bool
+):
     """Export with torch.export (dynamo), falling back to the TorchScript exporter."""
     export_parameters = inspect.signature(torch.onnx.export).parameters
     dynamo_error = None
@@ -306,9 +312,14 @@ def _export_graph(graph: nn.Module, example: torch.Tensor, outputs, opset: int,
         try:
             with _quiet_exporter():
                 program = torch.onnx.export(
-                    graph, (example,), dynamo=True, external_data=False,
-                    opset_version=opset, input_names=[INPUT_NAME],
-                    output_names=list(outputs), dynamic_shapes=dynamic_shapes,
+                    graph,
+                    (example,),
+                    dynamo=True,
+                    external_data=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=list(outputs),
+                    dynamic_shapes=dynamic_shapes,
                     verbose=False,
                 )
             return program.model_proto, "dynamo"
@@ -323,9 +334,16 @@ def _export_graph(graph: nn.Module, example: torch.Tensor, outputs, opset: int,
     legacy = {"dynamo": False} if "dynamo" in export_parameters else {}
     with _quiet_exporter():
         torch.onnx.export(
-            graph, (example,), buffer, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=list(outputs), dynamic_axes=dynamic_axes, verbose=False,
-            do_constant_folding=True, **legacy,
+            graph,
+            (example,),
+            buffer,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(outputs),
+            dynamic_axes=dynamic_axes,
+            verbose=False,
+            do_constant_folding=True,
+            **legacy,
         )
     if dynamo_error is not None:
         reason = (str(dynamo_error).splitlines() or [""])[0][:300]
@@ -344,8 +362,9 @@ def _json(value) -> str:
     return json.dumps(value, default=repr, sort_keys=True)
 
 
-def _add_metadata(proto, estimator, model, outputs, input_format: str, opset: int,
-                  exporter: str) -> None:
+def _add_metadata(
+    proto, estimator, model, outputs, input_format: str, opset: int, exporter: str
+) -> None:
     tabular = input_format == "float_tabular"
     scaler = model.scaler
     normalization = {
@@ -410,7 +429,7 @@ def _check_against_torch(proto, example: np.ndarray, outputs, expected) -> None:
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     got = session.run(list(outputs), {INPUT_NAME: example})
-    for name, value, reference in zip(outputs, got, expected):
+    for name, value, reference in zip(outputs, got, expected, strict=True):
         if name == "labels":
             continue  # near-ties may flip; the probabilities are compared instead
         if not np.allclose(value, reference, rtol=_CHECK_RTOL, atol=_CHECK_ATOL):

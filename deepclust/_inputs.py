@@ -5,7 +5,11 @@
 
 # This module must stay importable with numpy and Pillow only: the torch-free
 # ONNX inference class reads its inputs through it.  Never import torch,
-# scikit-learn or onnx here, not even inside functions.
+# scikit-learn or onnx here, not even inside functions.  That is also why it
+# does not call scikit-learn's check_array: it checks arrays itself (with the
+# same messages, so the estimators' errors read like scikit-learn's), chunk by
+# chunk so that memory-mapped arrays are never loaded whole, and it reads
+# images, which check_array does not.
 
 import os
 import threading
@@ -221,7 +225,7 @@ class ImageInput:
         if self.source_kind != "files":
             return None
         paths = [None] * self.n_inputs
-        for position, path in zip(self.kept_indices, self.paths):
+        for position, path in zip(self.kept_indices, self.paths, strict=True):
             paths[position] = path
         for position, (path, _) in self.skipped.items():
             paths[position] = path
@@ -231,9 +235,7 @@ class ImageInput:
     def nbytes(self):
         """Size in bytes of the fully materialised ``(N, C, H, W)`` array."""
         height, width = self.size
-        return (
-            self.n_samples * self.channels * height * width * self.dtype.itemsize
-        )
+        return self.n_samples * self.channels * height * width * self.dtype.itemsize
 
     def read(self, indices):
         """Read some images as one NCHW batch.
@@ -532,10 +534,7 @@ def read_input(
     _check_params(channels, data_format, on_error, cache_bytes)
 
     if isinstance(X, (str, os.PathLike)):
-        return _read_path(
-            X, size, channels, data_format, on_error, allow_tabular, name,
-            cache_bytes, max_workers, min_readable,
-        )  # fmt: skip
+        X = _resolve_path(X, name)
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise InputError(f"{name} is empty; expected at least one sample.")
@@ -875,9 +874,7 @@ def _read_array(X, size, channels, data_format, allow_tabular, name):
         channels_last = False
         source_shape = (1, *array.shape[1:])
     else:
-        channels_last = _channels_last(
-            array.shape[1:], array.dtype, data_format, name
-        )
+        channels_last = _channels_last(array.shape[1:], array.dtype, data_format, name)
         if channels_last:
             source_shape = (array.shape[3], array.shape[1], array.shape[2])
         else:
@@ -1178,10 +1175,8 @@ def _read_pil_list(images, size, channels, name):
     )
 
 
-def _read_path(
-    X, size, channels, data_format, on_error, allow_tabular, name, cache_bytes,
-    max_workers, min_readable,
-):  # fmt: skip
+def _resolve_path(X, name):
+    """The image files a path stands for, or the memory-mapped array of a .npy."""
     path = os.fspath(X)
     if os.path.isdir(path):
         files = image_files_in(path)
@@ -1190,27 +1185,20 @@ def _read_path(
                 f"{name}: directory {path!r} contains no image files (searched "
                 f"recursively for {', '.join(IMAGE_EXTENSIONS)}, any case)."
             )
-        return _read_files(
-            files, size, channels, on_error, name, cache_bytes, max_workers,
-            min_readable,
-        )
+        return files
     if not os.path.exists(path):
         raise InputError(f"{name}: path {path!r} does not exist.")
     suffix = Path(path).suffix.lower()
     if suffix == ".npy":
         try:
-            array = np.load(path, mmap_mode="r")
+            return np.load(path, mmap_mode="r")
         except Exception as exc:  # np.load raises several types on bad files
             raise InputError(
                 f"{name}: {path!r} could not be loaded as a .npy array "
                 f"({type(exc).__name__}: {exc})."
             ) from exc
-        return _read_array(array, size, channels, data_format, allow_tabular, name)
     if suffix in IMAGE_EXTENSIONS:
-        return _read_files(
-            [path], size, channels, on_error, name, cache_bytes, max_workers,
-            min_readable,
-        )
+        return [path]
     raise InputError(
         f"{name}: file {path!r} is neither a .npy array nor an image file "
         f"(supported extensions: {', '.join(IMAGE_EXTENSIONS)})."
@@ -1238,7 +1226,8 @@ def _read_files(
     if directories:
         raise InputError(
             f"{name} has {len(directories)} path(s) that are directories, not "
-            "image files: " + _listing([repr(p) for p in directories], _MAX_LISTED)
+            "image files: "
+            + _listing([repr(p) for p in directories], _MAX_LISTED)
             + "; pass a directory on its own to read all the images inside."
         )
 
@@ -1264,7 +1253,11 @@ def _read_files(
     with ThreadPoolExecutor(max_workers=max_workers) as executor:
         probes = list(executor.map(probe, paths))
 
-    bad = {i: (p, r.error) for i, (p, r) in enumerate(zip(paths, probes)) if r.error}
+    bad = {
+        i: (p, r.error)
+        for i, (p, r) in enumerate(zip(paths, probes, strict=True))
+        if r.error
+    }
     if bad:
         listed = [f"{p!r} ({error})" for p, error in bad.values()]
         # Prediction can mark every row; training needs something to learn from,
@@ -1280,14 +1273,17 @@ def _read_files(
             raise CorruptImageError(
                 f"{name} has {len(bad)} image file(s) that cannot be decoded "
                 "(corrupt or truncated): "
-                + _listing(listed, _MAX_LISTED_FILES) + also + ".",
+                + _listing(listed, _MAX_LISTED_FILES)
+                + also
+                + ".",
                 [p for p, _ in bad.values()],
             )
         warnings.warn(
             SkippedInputsWarning(
                 f"Skipped {len(bad)} image file(s) of {name} that cannot be decoded "
                 "(corrupt or truncated); their rows get label -1 and NaN values: "
-                + _listing(listed, _MAX_LISTED_FILES) + ".",
+                + _listing(listed, _MAX_LISTED_FILES)
+                + ".",
                 bad,
             ),
             stacklevel=3,

@@ -191,7 +191,7 @@ def read_tensors(path, expected_sha256: str, what: str) -> dict[str, torch.Tenso
 
 
 def check_format(content, *, name: str, version: int, path, what: str) -> None:
-    """Raise unless ``content`` is a JSON object of format ``name`` of at most ``version``."""
+    """Raise unless ``content`` is a ``name`` document of ``version`` or older."""
     if not isinstance(content, dict) or content.get("format") != name:
         raise ValueError(
             f"{what}: {str(path)!r} is not a {name} file (no 'format': {name!r})."
@@ -246,7 +246,9 @@ def _listing(items) -> str:
     return shown
 
 
-def write_document(directory, name: str, content: dict, tensors, tensors_name: str) -> None:
+def write_document(
+    directory, name: str, content: dict, tensors, tensors_name: str
+) -> None:
     """Write ``tensors`` to ``tensors_name``, then ``content`` (which records its
     name and SHA-256) to the JSON file ``name``, both atomically, in that order.
 
@@ -279,14 +281,18 @@ def read_document(directory, name: str, *, format_name: str, version: int, what:
     """
     directory = Path(directory)
     content = read_json(directory / name, what)
-    check_format(content, name=format_name, version=version, path=directory / name,
-                 what=what)
+    check_format(
+        content, name=format_name, version=version, path=directory / name, what=what
+    )
     weights = content.get("weights_file")
     if not isinstance(weights, str) or Path(weights).name != weights:
         raise ValueError(
-            f"{what}: {name} names the file {weights!r}, which is not a plain file name."
+            f"{what}: {name} names the file {weights!r}, which is not a plain file "
+            "name."
         )
     if not isinstance(content.get("weights_sha256"), str):
-        raise ValueError(f"{what}: {name} lacks the entry 'weights_sha256'; it was "
-                         "edited or truncated.")
+        raise ValueError(
+            f"{what}: {name} lacks the entry 'weights_sha256'; it was "
+            "edited or truncated."
+        )
     return content, read_tensors(directory / weights, content["weights_sha256"], what)

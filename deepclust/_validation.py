@@ -19,7 +19,7 @@ def is_int(value) -> bool:
 
 
 def check_positive_int(value, name: str) -> int:
-    """``value`` as an int if it is a positive integer, else a ValueError naming ``name``.
+    """``value`` as an int if it is a positive integer, else a ValueError naming it.
 
     Examples
     --------

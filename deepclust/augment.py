@@ -148,9 +148,7 @@ def _check_images(x: torch.Tensor) -> None:
         )
 
 
-def _check_generator(
-    generator: torch.Generator | None, device: torch.device
-) -> None:
+def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
@@ -412,7 +410,9 @@ class SimCLRAugment(nn.Module):
         blur_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.output_size = check_image_size(output_size, "output_size", allow_none=False)
+        self.output_size = check_image_size(
+            output_size, "output_size", allow_none=False
+        )
         self.crop_scale = _check_interval(
             "crop_scale", crop_scale, lower=0.0, upper=1.0
         )
@@ -476,9 +476,7 @@ class SimCLRAugment(nn.Module):
         h = torch.where(any_fits, h, torch.full_like(h, fallback_h))
 
         # Float rounding can push rand * n up to n, hence the clamp.
-        u_top, u_left = torch.rand(
-            (2, batch_size), generator=generator, device=device
-        )
+        u_top, u_left = torch.rand((2, batch_size), generator=generator, device=device)
         top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)
         left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
         top = torch.where(any_fits, top, (height - h) // 2)
@@ -846,9 +844,7 @@ class StrongAugment(nn.Module):
         candidates = {
             "autocontrast": lambda: TF.autocontrast(x),
             "equalize": lambda: TF.equalize(x),
-            "solarize": lambda: torch.where(
-                x >= _per_sample(magnitude), 1.0 - x, x
-            ),
+            "solarize": lambda: torch.where(x >= _per_sample(magnitude), 1.0 - x, x),
             "color": lambda: _adjust_saturation(x, enhance),
             "contrast": lambda: _adjust_contrast(x, enhance),
             "brightness": lambda: _adjust_brightness(x, enhance),

@@ -27,7 +27,6 @@ import os
 import pickle
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral
 
 import torch
 import torchvision
@@ -168,7 +167,7 @@ class MLP(nn.Module):
         self.out_dim = hidden[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map inputs of shape (B, n_features) (or images, flattened) to (B, out_dim)."""
+        """Map inputs (B, n_features) (or images, flattened) to (B, out_dim)."""
         return self.layers(x.flatten(1))
 
 

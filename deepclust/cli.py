@@ -79,37 +79,62 @@ def _demo(args) -> int:
     from deepclust.metrics import clustering_scores
 
     images, labels = load_digits_images()
-    print(f"digits: {images.shape[0]} images of {images.shape[1]}x{images.shape[2]} px, "
-          f"10 classes (labels used for scoring only)")
+    print(
+        f"digits: {images.shape[0]} images of {images.shape[1]}x{images.shape[2]} px, "
+        f"10 classes (labels used for scoring only)"
+    )
     verbose = 0 if args.quiet else 1
     rows = []
     start = time.perf_counter()
     pixels = images.reshape(len(images), -1).astype(np.float32)
     predicted = KMeans(10, n_init=10, random_state=args.seed).fit_predict(pixels)
-    rows.append(("KMeans on pixels", clustering_scores(labels, predicted),
-                 time.perf_counter() - start))
+    rows.append(
+        (
+            "KMeans on pixels",
+            clustering_scores(labels, predicted),
+            time.perf_counter() - start,
+        )
+    )
     if args.model in ("cd", "both"):
         print("training ContrastiveDisentangler (CD) ...")
         start = time.perf_counter()
-        cd = ContrastiveDisentangler(max_epochs=args.epochs, verbose=verbose,
-                                     random_state=args.seed).fit(images)
+        cd = ContrastiveDisentangler(
+            max_epochs=args.epochs, verbose=verbose, random_state=args.seed
+        ).fit(images)
         heads = cd.transform(images)
         predicted = KMeans(10, n_init=10, random_state=args.seed).fit_predict(heads)
-        rows.append(("CD heads + KMeans", clustering_scores(labels, predicted),
-                     time.perf_counter() - start))
+        rows.append(
+            (
+                "CD heads + KMeans",
+                clustering_scores(labels, predicted),
+                time.perf_counter() - start,
+            )
+        )
     if args.model in ("cdc", "both"):
         print("training CDCClusterer (CDC) ...")
         start = time.perf_counter()
-        cdc = CDCClusterer(n_clusters=10, max_epochs=args.epochs, verbose=verbose,
-                           random_state=args.seed).fit(images)
-        rows.append(("CDCClusterer", clustering_scores(labels, cdc.labels_),
-                     time.perf_counter() - start))
+        cdc = CDCClusterer(
+            n_clusters=10,
+            max_epochs=args.epochs,
+            verbose=verbose,
+            random_state=args.seed,
+        ).fit(images)
+        rows.append(
+            (
+                "CDCClusterer",
+                clustering_scores(labels, cdc.labels_),
+                time.perf_counter() - start,
+            )
+        )
 
     print()
     print(f"{'method':<20} {'ACC':>6} {'NMI':>6} {'ARI':>6} {'time':>8}")
     for name, scores, seconds in rows:
-        print(f"{name:<20} {scores['acc']:6.3f} {scores['nmi']:6.3f} {scores['ari']:6.3f} "
-              f"{seconds:7.1f}s")
+        print(
+            f"{name:<20} {scores['acc']:6.3f} {scores['nmi']:6.3f} "
+            f"{scores['ari']:6.3f} "
+            f"{seconds:7.1f}s"
+        )
     return 0
 
 
@@ -117,7 +142,8 @@ def _fit(args) -> int:
     data = _data_argument(args.data)
     if args.model == "cd" and args.n_clusters is not None:
         raise CommandError(
-            "--n-clusters applies to --model cdc only: ContrastiveDisentangler (--model "
+            "--n-clusters applies to --model cdc only: ContrastiveDisentangler "
+            "(--model "
             "cd) needs no number of clusters (cluster its output with KMeans)."
         )
     params = {
@@ -153,13 +179,17 @@ def _fit(args) -> int:
         joblib.dump(estimator, output)
     else:
         estimator.save(output)
-    print(f"saved {type(estimator).__name__} to {output} ({output_format}, trained "
-          f"{estimator.n_epochs_} epochs in {seconds:.1f}s)")
+    print(
+        f"saved {type(estimator).__name__} to {output} ({output_format}, trained "
+        f"{estimator.n_epochs_} epochs in {seconds:.1f}s)"
+    )
     if args.model == "cdc":
         print(f"cluster sizes: {estimator.cluster_sizes_.tolist()}")
     if len(estimator.skipped_indices_):
-        _note(f"{len(estimator.skipped_indices_)} unreadable file(s) were left out of "
-              "training (label -1)")
+        _note(
+            f"{len(estimator.skipped_indices_)} unreadable file(s) were left out of "
+            "training (label -1)"
+        )
     return 0
 
 
@@ -193,8 +223,12 @@ def _predict(args) -> int:
         writer = csv.writer(out)
         writer.writerow(["file", "status", *predictor.header, "error"])
         # tqdm shows a bar only on a terminal (disable=None), never in a CSV on stdout.
-        progress = tqdm(total=len(items), unit="file", disable=True if args.quiet else None,
-                        file=sys.stderr)
+        progress = tqdm(
+            total=len(items),
+            unit="file",
+            disable=True if args.quiet else None,
+            file=sys.stderr,
+        )
         for start in range(0, len(items), args.batch_size):
             chunk = items[start : start + args.batch_size]
             values, errors = predictor.rows(chunk)
@@ -202,8 +236,14 @@ def _predict(args) -> int:
                 name = names[start + offset]
                 if offset in errors:
                     n_unreadable += 1
-                    writer.writerow([name, "unreadable", *[""] * len(predictor.header),
-                                     errors[offset]])
+                    writer.writerow(
+                        [
+                            name,
+                            "unreadable",
+                            *[""] * len(predictor.header),
+                            errors[offset],
+                        ]
+                    )
                     continue
                 if predictor.clusterer:
                     sizes[predictor.label(row)] += 1
@@ -219,7 +259,9 @@ def _predict(args) -> int:
             summary += f", {n_unreadable} unreadable (status 'unreadable' in the CSV)"
         _note(summary)
         if predictor.clusterer:
-            _note("cluster sizes: " + ", ".join(f"{k}: {n}" for k, n in enumerate(sizes)))
+            _note(
+                "cluster sizes: " + ", ".join(f"{k}: {n}" for k, n in enumerate(sizes))
+            )
     return 0
 
 
@@ -251,7 +293,11 @@ class _Predictor:
         self.model = model
         self.n_columns = n_columns
         if self.clusterer:
-            self.header = ["label", "probability", *[f"proba_{k}" for k in range(n_columns)]]
+            self.header = [
+                "label",
+                "probability",
+                *[f"proba_{k}" for k in range(n_columns)],
+            ]
         else:
             self.header = [f"head_{i}" for i in range(n_columns)]
 
@@ -272,15 +318,21 @@ class _Predictor:
         errors = {}
         for warning in caught:
             if isinstance(warning.message, SkippedInputsWarning):
-                errors.update({position: reason for position, (_, reason)
-                               in warning.message.errors.items()})
+                errors.update(
+                    {
+                        position: reason
+                        for position, (_, reason) in warning.message.errors.items()
+                    }
+                )
             else:
-                warnings.warn_explicit(warning.message, warning.category,
-                                       warning.filename, warning.lineno)
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )
         if len(values) != len(chunk):
             # The estimators guarantee one row per input; never pair rows by luck.
             raise RuntimeError(
-                f"got {len(values)} rows for {len(chunk)} inputs; please report this bug."
+                f"got {len(values)} rows for {len(chunk)} inputs; please report this "
+                "bug."
             )
         return values, errors
 
@@ -373,7 +425,9 @@ def _load_model(path, *, allow_onnx):
 
 def _output_format(output, requested):
     if requested == "auto":
-        requested = "joblib" if output.lower().endswith(_JOBLIB_SUFFIXES) else "safetensors"
+        requested = (
+            "joblib" if output.lower().endswith(_JOBLIB_SUFFIXES) else "safetensors"
+        )
     if requested == "safetensors" and os.path.isfile(output):
         raise CommandError(
             f"--output {output!r} is an existing file; the safetensors format writes a "
@@ -389,8 +443,10 @@ def _parse_params(pairs):
         name, equals, text = pair.partition("=")
         name = name.strip()
         if not equals or not name:
-            raise CommandError(f"--param {pair!r}: expected NAME=VALUE, e.g. --param "
-                               "weight_decay=1e-4.")
+            raise CommandError(
+                f"--param {pair!r}: expected NAME=VALUE, e.g. --param "
+                "weight_decay=1e-4."
+            )
         try:
             params[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -403,12 +459,17 @@ def _check_param_names(params, estimator_class):
     for name in params:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else (
-                f"see help(deepclust.{estimator_class.__name__}) for the parameters."
+            hint = (
+                f"did you mean {' or '.join(close)}?"
+                if close
+                else (
+                    f"see help(deepclust.{estimator_class.__name__}) for the "
+                    "parameters."
+                )
             )
             raise CommandError(
-                f"--param {name}: {estimator_class.__name__} has no parameter {name!r}; "
-                + hint
+                f"--param {name}: {estimator_class.__name__} has no parameter "
+                f"{name!r}; " + hint
             )
 
 
@@ -497,7 +558,9 @@ def _positive_int(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -505,100 +568,196 @@ def _positive_int(text):
 
 def _add_common(parser, *, threads=True):
     if threads:
-        parser.add_argument("--threads", type=_positive_int, metavar="N",
-                            help="CPU threads of torch (default: torch's choice)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the Python traceback of errors")
+        parser.add_argument(
+            "--threads",
+            type=_positive_int,
+            metavar="N",
+            help="CPU threads of torch (default: torch's choice)",
+        )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of errors"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``deepclust`` command (imports no torch)."""
-    parser = _Parser(prog="deepclust",
-                     description="Deep clustering of images and feature vectors: demo, "
-                                 "fit, export and predict.",
-                     formatter_class=_HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"deepclust {__version__}")
+    parser = _Parser(
+        prog="deepclust",
+        description="Deep clustering of images and feature vectors: demo, "
+        "fit, export and predict.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"deepclust {__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, help_text):
-        return commands.add_parser(name, help=help_text, description=help_text,
-                                   formatter_class=_HelpFormatter)
+        return commands.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
 
     demo = command("demo", "train CD and CDC on the bundled digits and score them")
-    demo.add_argument("--model", choices=["cd", "cdc", "both"], default="both",
-                      help="which estimators to train")
-    demo.add_argument("--epochs", type=_auto_or(int), default="auto",
-                      help="training epochs per model")
+    demo.add_argument(
+        "--model",
+        choices=["cd", "cdc", "both"],
+        default="both",
+        help="which estimators to train",
+    )
+    demo.add_argument(
+        "--epochs", type=_auto_or(int), default="auto", help="training epochs per model"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(demo)
     demo.set_defaults(run=_demo)
 
-    fit = command("fit", "train on a folder of images or a .npy array and save the model")
-    fit.add_argument("data", metavar="DATA",
-                     help="folder of images (searched recursively), image file or .npy array")
-    fit.add_argument("--model", choices=["cdc", "cd"], default="cdc",
-                     help="cdc: CDCClusterer (clusters); cd: ContrastiveDisentangler "
-                          "(feature heads, no number of clusters)")
-    fit.add_argument("--n-clusters", type=_positive_int, metavar="K",
-                     help=f"number of clusters, --model cdc only (default: "
-                          f"{FIT_DEFAULTS['n_clusters']})")
-    fit.add_argument("--epochs", type=_auto_or(int), default=FIT_DEFAULTS["max_epochs"],
-                     help="training epochs ('auto': a budget that suits the data and device)")
-    fit.add_argument("--batch-size", type=_positive_int, default=FIT_DEFAULTS["batch_size"],
-                     metavar="N", help="images per training batch")
-    fit.add_argument("--lr", type=_auto_or(float), default=FIT_DEFAULTS["lr"],
-                     help="Adam learning rate")
-    fit.add_argument("--device", default=FIT_DEFAULTS["device"],
-                     help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
-    fit.add_argument("--backbone", choices=BACKBONES, default=FIT_DEFAULTS["backbone"],
-                     help="feature extractor")
-    fit.add_argument("--image-size", type=_auto_or(int), default=FIT_DEFAULTS["image_size"],
-                     metavar="PX", help="resize images to PX x PX ('auto': keep their size)")
-    fit.add_argument("--on-error", choices=["raise", "skip"], default=FIT_DEFAULTS["on_error"],
-                     help="unreadable image files: stop, or leave them out")
+    fit = command(
+        "fit", "train on a folder of images or a .npy array and save the model"
+    )
+    fit.add_argument(
+        "data",
+        metavar="DATA",
+        help="folder of images (searched recursively), image file or .npy array",
+    )
+    fit.add_argument(
+        "--model",
+        choices=["cdc", "cd"],
+        default="cdc",
+        help="cdc: CDCClusterer (clusters); cd: ContrastiveDisentangler "
+        "(feature heads, no number of clusters)",
+    )
+    fit.add_argument(
+        "--n-clusters",
+        type=_positive_int,
+        metavar="K",
+        help=f"number of clusters, --model cdc only (default: "
+        f"{FIT_DEFAULTS['n_clusters']})",
+    )
+    fit.add_argument(
+        "--epochs",
+        type=_auto_or(int),
+        default=FIT_DEFAULTS["max_epochs"],
+        help="training epochs ('auto': a budget that suits the data and device)",
+    )
+    fit.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=FIT_DEFAULTS["batch_size"],
+        metavar="N",
+        help="images per training batch",
+    )
+    fit.add_argument(
+        "--lr",
+        type=_auto_or(float),
+        default=FIT_DEFAULTS["lr"],
+        help="Adam learning rate",
+    )
+    fit.add_argument(
+        "--device",
+        default=FIT_DEFAULTS["device"],
+        help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'",
+    )
+    fit.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default=FIT_DEFAULTS["backbone"],
+        help="feature extractor",
+    )
+    fit.add_argument(
+        "--image-size",
+        type=_auto_or(int),
+        default=FIT_DEFAULTS["image_size"],
+        metavar="PX",
+        help="resize images to PX x PX ('auto': keep their size)",
+    )
+    fit.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default=FIT_DEFAULTS["on_error"],
+        help="unreadable image files: stop, or leave them out",
+    )
     fit.add_argument("--seed", type=int, default=0, help="random seed")
-    fit.add_argument("--param", action="append", metavar="NAME=VALUE",
-                     help="any other estimator parameter, e.g. --param weight_decay=1e-4 "
-                          "(repeatable; values are Python literals)")
-    fit.add_argument("-o", "--output", default="deepclust-model",
-                     help="where to save the model")
-    fit.add_argument("--format", choices=["auto", "safetensors", "joblib"], default="auto",
-                     help="safetensors: a pickle-free folder (config.json + weights); "
-                          "joblib: one pickle file; auto: joblib when --output ends in "
-                          ".joblib or .pkl")
+    fit.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any other estimator parameter, e.g. --param weight_decay=1e-4 "
+        "(repeatable; values are Python literals)",
+    )
+    fit.add_argument(
+        "-o", "--output", default="deepclust-model", help="where to save the model"
+    )
+    fit.add_argument(
+        "--format",
+        choices=["auto", "safetensors", "joblib"],
+        default="auto",
+        help="safetensors: a pickle-free folder (config.json + weights); "
+        "joblib: one pickle file; auto: joblib when --output ends in "
+        ".joblib or .pkl",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(fit)
     fit.set_defaults(run=_fit)
 
     export = command("export", "export a saved model to ONNX (inference without torch)")
-    export.add_argument("model", metavar="MODEL",
-                        help="model saved by 'deepclust fit' (folder or .joblib file)")
-    export.add_argument("output", metavar="OUTPUT", help="path of the .onnx file to write")
-    export.add_argument("--input-format", choices=["auto", "uint8_nhwc", "float_nchw"],
-                        default="auto",
-                        help="auto: uint8 NHWC for images, float rows for tabular models")
+    export.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model saved by 'deepclust fit' (folder or .joblib file)",
+    )
+    export.add_argument(
+        "output", metavar="OUTPUT", help="path of the .onnx file to write"
+    )
+    export.add_argument(
+        "--input-format",
+        choices=["auto", "uint8_nhwc", "float_nchw"],
+        default="auto",
+        help="auto: uint8 NHWC for images, float rows for tabular models",
+    )
     _add_common(export, threads=False)
     export.set_defaults(run=_export)
 
     predict = command("predict", "cluster images with a saved or exported model")
-    predict.add_argument("model", metavar="MODEL",
-                         help="model folder or .joblib file from 'deepclust fit', or .onnx "
-                              "file from 'deepclust export'")
-    predict.add_argument("data", metavar="DATA",
-                         help="folder of images (searched recursively), image file or .npy "
-                              "array")
-    predict.add_argument("--csv", metavar="PATH",
-                         help="write the CSV to PATH (default: standard output)")
-    predict.add_argument("--on-error", choices=["raise", "skip"], default="raise",
-                         help="unreadable image files: stop, or give them a row with "
-                              "status 'unreadable' and no label")
-    predict.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
-                         help="inputs read and predicted at a time")
-    predict.add_argument("--decimals", type=int, default=4,
-                         help="decimals of probabilities and activations")
-    predict.add_argument("--quiet", action="store_true",
-                         help="no progress bar and no summary on standard error")
+    predict.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model folder or .joblib file from 'deepclust fit', or .onnx "
+        "file from 'deepclust export'",
+    )
+    predict.add_argument(
+        "data",
+        metavar="DATA",
+        help="folder of images (searched recursively), image file or .npy array",
+    )
+    predict.add_argument(
+        "--csv", metavar="PATH", help="write the CSV to PATH (default: standard output)"
+    )
+    predict.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="unreadable image files: stop, or give them a row with "
+        "status 'unreadable' and no label",
+    )
+    predict.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="inputs read and predicted at a time",
+    )
+    predict.add_argument(
+        "--decimals",
+        type=int,
+        default=4,
+        help="decimals of probabilities and activations",
+    )
+    predict.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no summary on standard error",
+    )
     _add_common(predict)
     predict.set_defaults(run=_predict)
     return parser
@@ -622,8 +781,10 @@ def main(argv=None) -> int:
             if not isinstance(exc, CommandError):
                 message = _in_flags(message)
             if not isinstance(exc, (CommandError, *_USER_ERRORS)):
-                message = (f"{type(exc).__name__}: {message} (run with --debug for the "
-                           "traceback)")
+                message = (
+                    f"{type(exc).__name__}: {message} (run with --debug for the "
+                    "traceback)"
+                )
             print(f"deepclust {args.command}: error: {message}", file=sys.stderr)
             return 1
 

@@ -161,9 +161,7 @@ def make_shape_images(
     """
     check_scalar(n_samples, "n_samples", Integral, min_val=1)
     check_scalar(image_size, "image_size", Integral, min_val=4)
-    check_scalar(
-        n_classes, "n_classes", Integral, min_val=1, max_val=len(SHAPE_NAMES)
-    )
+    check_scalar(n_classes, "n_classes", Integral, min_val=1, max_val=len(SHAPE_NAMES))
     check_scalar(channels, "channels", Integral, min_val=1)
     rng = check_random_state(random_state)
 
@@ -181,7 +179,7 @@ def make_shape_images(
     masks = np.stack(
         [
             _shape_mask(SHAPE_NAMES[label], rows - cy, cols - cx, radius)
-            for label, (cy, cx), radius in zip(labels, centres, radii)
+            for label, (cy, cx), radius in zip(labels, centres, radii, strict=True)
         ]
     )[..., np.newaxis]
     images = np.where(masks, colours[:, np.newaxis, np.newaxis, :], backgrounds)
@@ -209,8 +207,8 @@ def _shape_mask(name, dy, dx, radius):
         "cross": lambda: horizontal | vertical,
         "disc": lambda: distance <= radius,
         "diagonal cross": lambda: (
-            np.minimum(np.abs(dy - dx), np.abs(dy + dx)) <= half_width
-        )
-        & (np.maximum(ady, adx) <= radius),
+            (np.minimum(np.abs(dy - dx), np.abs(dy + dx)) <= half_width)
+            & (np.maximum(ady, adx) <= radius)
+        ),
     }
     return masks[name]()

@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CDCProjectionHead", "FeaturePredictor", "InstanceProjector", "split_projection"]
+__all__ = [
+    "CDCProjectionHead",
+    "FeaturePredictor",
+    "InstanceProjector",
+    "split_projection",
+]
 
 
 class InstanceProjector(nn.Sequential):
@@ -71,7 +76,9 @@ class FeaturePredictor(nn.Sequential):
     (torch.Size([4, 5]), True)
     """
 
-    def __init__(self, input_dim: int, n_heads: int = 128, hidden_dim: int = 512) -> None:
+    def __init__(
+        self, input_dim: int, n_heads: int = 128, hidden_dim: int = 512
+    ) -> None:
         super().__init__(
             nn.Linear(input_dim, hidden_dim, bias=False),
             nn.BatchNorm1d(hidden_dim),

@@ -44,7 +44,7 @@ __all__ = [
 
 
 def _check_temperature(value: float, name: str) -> float:
-    """``value`` as a float if it is a positive finite number (numpy/torch scalars too)."""
+    """``value`` as a float if it is positive and finite (numpy/torch scalars too)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -268,7 +268,7 @@ def sinkhorn(
 
 
 class CDCLoss(nn.Module):
-    """CDC objective: InfoNCE on [z^c, z^n] + alpha * CE(Sinkhorn codes, softmax(z^c/t)).
+    """CDC loss: InfoNCE on [z^c, z^n] + alpha * CE(Sinkhorn codes, softmax(z^c/t)).
 
     The projection's first ``n_clusters`` columns are the cluster part z^c, the rest
     the instance part z^n; each is L2-normalised separately and the concatenation is
@@ -316,7 +316,8 @@ class CDCLoss(nn.Module):
             raise ValueError(f"n_clusters must be an integer >= 2, got {n_clusters!r}.")
         if int(sinkhorn_iterations) != sinkhorn_iterations or sinkhorn_iterations < 1:
             raise ValueError(
-                f"sinkhorn_iterations must be an integer >= 1, got {sinkhorn_iterations!r}."
+                "sinkhorn_iterations must be an integer >= 1, got "
+                f"{sinkhorn_iterations!r}."
             )
         self.n_clusters = int(n_clusters)
         self.temperature = _check_temperature(temperature, "temperature")
@@ -341,7 +342,8 @@ class CDCLoss(nn.Module):
         """Return the total loss and its detached parts for two (B, K + C) views."""
         if projection1.shape[1] <= self.n_clusters:
             raise ValueError(
-                f"The projection has {projection1.shape[1]} columns; it needs more than "
+                f"The projection has {projection1.shape[1]} columns; it needs more "
+                "than "
                 f"n_clusters={self.n_clusters} (cluster part plus instance part)."
             )
         with torch.autocast(device_type=projection1.device.type, enabled=False):

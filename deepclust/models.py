@@ -51,7 +51,12 @@ class InputScaler(nn.Module):
     def __init__(self, n_channels: int, *, image: bool) -> None:
         super().__init__()
         self.image = image
-        for name, value in [("offset", 0.0), ("scale", 1.0), ("mean", 0.0), ("std", 1.0)]:
+        for name, value in [
+            ("offset", 0.0),
+            ("scale", 1.0),
+            ("mean", 0.0),
+            ("std", 1.0),
+        ]:
             self.register_buffer(name, torch.full((n_channels,), value))
 
     def _shaped(self, buffer: torch.Tensor) -> torch.Tensor:
@@ -62,7 +67,9 @@ class InputScaler(nn.Module):
         high = torch.as_tensor(high, dtype=torch.float32)
         low = torch.as_tensor(low, dtype=torch.float32)
         if not bool((high > low).all()):
-            raise ValueError(f"set_unit_range needs high > low, got low={low}, high={high}.")
+            raise ValueError(
+                f"set_unit_range needs high > low, got low={low}, high={high}."
+            )
         self.offset.copy_(low.expand_as(self.offset))
         self.scale.copy_((1.0 / (high - low)).expand_as(self.scale))
 
@@ -230,8 +237,15 @@ class CDCModel(_ScaledModel):
     (True, torch.Size([2]))
     """
 
-    output_names = ("embedding", "projection", "cluster", "instance", "logits",
-                    "probabilities", "labels")
+    output_names = (
+        "embedding",
+        "projection",
+        "cluster",
+        "instance",
+        "logits",
+        "probabilities",
+        "labels",
+    )
     default_outputs = "projection"
 
     def __init__(
@@ -311,7 +325,8 @@ def build_model(spec: dict) -> CDModel | CDCModel:
     """
     if spec.get("family") not in _FAMILIES:
         raise ValueError(
-            f"spec['family'] must be one of {sorted(_FAMILIES)}; got {spec.get('family')!r}."
+            f"spec['family'] must be one of {sorted(_FAMILIES)}; got "
+            f"{spec.get('family')!r}."
         )
     tabular = spec["image_size"] is None
     backbone, backbone_dim = make_backbone(
@@ -323,6 +338,7 @@ def build_model(spec: dict) -> CDModel | CDCModel:
         weights=spec["backbone_weights"],
         freeze=spec["freeze_backbone"],
     )
-    scaler = InputScaler(spec["n_features"] if tabular else spec["in_channels"],
-                         image=not tabular)
+    scaler = InputScaler(
+        spec["n_features"] if tabular else spec["in_channels"], image=not tabular
+    )
     return _FAMILIES[spec["family"]](backbone, backbone_dim, scaler, **spec["heads"])

@@ -64,15 +64,16 @@ class CDObjective(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, model, unit, generator=None, epoch=0):
-        view1, view2 = two_views(self.augment, unit, generator,
-                                 channels_last=self.channels_last)
+        view1, view2 = two_views(
+            self.augment, unit, generator, channels_last=self.channels_last
+        )
         z1, y1 = model(view1, ("projection", "heads"))
         z2, y2 = model(view2, ("projection", "heads"))
         return self.loss(z1, z2, y1, y2)
 
 
 class CDCObjective(nn.Module):
-    """CDC: two views -> InfoNCE + alpha CE(Sinkhorn codes), then optional self-labelling.
+    """CDC: two views -> InfoNCE + alpha CE(Sinkhorn codes), then self-labelling.
 
     For the first ``n_cluster_epochs`` epochs the loss is the CDC loss. After
     them, when a strong augmentation is given, SCAN's confidence-based
@@ -109,8 +110,15 @@ class CDCObjective(nn.Module):
     ['cluster', 'instance']
     """
 
-    def __init__(self, loss: CDCLoss, augment, strong_augment, self_label_loss:
-                 ConfidenceBasedCE, n_cluster_epochs: int, channels_last=False) -> None:
+    def __init__(
+        self,
+        loss: CDCLoss,
+        augment,
+        strong_augment,
+        self_label_loss: ConfidenceBasedCE,
+        n_cluster_epochs: int,
+        channels_last=False,
+    ) -> None:
         super().__init__()
         self.loss = loss
         self.augment = augment
@@ -120,8 +128,9 @@ class CDCObjective(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, model, unit, generator=None, epoch=0):
-        view1, view2 = two_views(self.augment, unit, generator,
-                                 channels_last=self.channels_last)
+        view1, view2 = two_views(
+            self.augment, unit, generator, channels_last=self.channels_last
+        )
         loss, parts = self.loss(model(view1, "projection"), model(view2, "projection"))
         if epoch < self.n_cluster_epochs or self.strong_augment is None:
             return loss, parts

@@ -16,13 +16,13 @@ scikit-learn. :func:`export_onnx` imports torch when it is called.
 # Authors: The deepclust developers
 # SPDX-License-Identifier: BSD-3-Clause
 
+import inspect
 import json
 import os
 import warnings
 
 import numpy as np
 
-from deepclust._validation import check_positive_int
 from deepclust._inputs import (
     InputError,
     check_matches,
@@ -30,6 +30,7 @@ from deepclust._inputs import (
     labels_from_proba,
     read_input,
 )
+from deepclust._validation import check_positive_int
 
 __all__ = ["OnnxClusterer", "export_onnx"]
 
@@ -275,6 +276,10 @@ class OnnxClusterer:
         self._load()
 
     # --------------------------------------------- scikit-learn integration
+    # This module must import without scikit-learn (deployment needs only
+    # onnxruntime, numpy and Pillow), so OnnxClusterer cannot inherit
+    # BaseEstimator: it implements the parameter protocol from its signature,
+    # and a new model file must be loaded when ``path`` or ``providers`` change.
     def get_params(self, deep=True):
         """Get the parameters of this estimator.
 
@@ -286,14 +291,11 @@ class OnnxClusterer:
         Returns
         -------
         params : dict
-            ``path``, ``providers``, ``batch_size`` and ``on_error``.
+            The ``__init__`` parameters: ``path``, ``providers``, ``batch_size``
+            and ``on_error``.
         """
-        return {
-            "path": self.path,
-            "providers": self.providers,
-            "batch_size": self.batch_size,
-            "on_error": self.on_error,
-        }
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params):
         """Set parameters; a new ``path`` or ``providers`` reloads the model.
@@ -524,12 +526,14 @@ class OnnxClusterer:
             batches = [(0, blank)]
         for _, raw in batches:
             values = self._run_batch(self._graph_input(raw), names)
-            for part, value in zip(parts, values):
+            for part, value in zip(parts, values, strict=True):
                 part.append(value)
         outputs = []
-        for name, part in zip(names, parts):
+        for name, part in zip(names, parts, strict=True):
             values = np.concatenate(part)[: source.n_samples]
-            outputs.append(source.to_input_rows(values, -1 if name == "labels" else np.nan))
+            outputs.append(
+                source.to_input_rows(values, -1 if name == "labels" else np.nan)
+            )
         return outputs
 
     def _graph_input(self, raw):
@@ -553,7 +557,7 @@ class OnnxClusterer:
                 chunk = np.concatenate([chunk, padding])
             values = self.session.run(names, {self.input_name: chunk})
             chunks.append([value[:n_rows] for value in values])
-        return [np.concatenate(values) for values in zip(*chunks)]
+        return [np.concatenate(values) for values in zip(*chunks, strict=True)]
 
 
 def _import_onnxruntime():

@@ -28,8 +28,14 @@ from deepclust.estimators._base import (
     load_estimator,
 )
 
-__all__ = ["CONFIG_FILE", "HISTORY_FILE", "MODEL_FORMAT_VERSION", "WEIGHTS_FILE",
-           "load", "save"]
+__all__ = [
+    "CONFIG_FILE",
+    "HISTORY_FILE",
+    "MODEL_FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "load",
+    "save",
+]
 
 # The estimator classes register themselves for loading when they are imported.
 _REGISTERED = estimators.__all__

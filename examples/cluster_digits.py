@@ -25,4 +25,7 @@ print("KMeans on pixels", format_scores(clustering_scores(labels, kmeans.labels_
 # Cluster sizes and confident samples
 print("cluster sizes:", cdc.cluster_sizes_.tolist())
 confidence = cdc.predict_proba(images).max(axis=1)
-print(f"{(confidence > 0.99).mean():.0%} of the images are assigned with probability > 0.99")
+print(
+    f"{(confidence > 0.99).mean():.0%} of the images are assigned with "
+    "probability > 0.99"
+)

@@ -38,8 +38,9 @@ def _seed():
 @pytest.fixture(scope="session")
 def blobs():
     """Three standardised 2-D blobs: (X float64 of shape (60, 2), y)."""
-    X, y = make_blobs(n_samples=60, n_features=2, centers=3, cluster_std=0.6,
-                      random_state=0)
+    X, y = make_blobs(
+        n_samples=60, n_features=2, centers=3, cluster_std=0.6, random_state=0
+    )
     return StandardScaler().fit_transform(X), y
 
 

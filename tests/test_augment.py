@@ -200,7 +200,9 @@ def test_simclr_crop_matches_box():
     )
     x = _images(batch=8, height=19, width=19)
     params, out = _params_and_output(augment, x, seed=0)
-    for image, view, (top, left, h, w) in zip(x, out, params["crop_boxes"].tolist()):
+    for image, view, (top, left, h, w) in zip(
+        x, out, params["crop_boxes"].tolist(), strict=True
+    ):
         assert (h, w) == (6, 6)
         crop = image[:, top : top + h, left : left + w]
         torch.testing.assert_close(view, crop, atol=1e-5, rtol=0)
@@ -374,8 +376,8 @@ def test_strong_cutout_region_is_half():
     top, left, h, w = boxes.unbind(dim=1)
     assert (h >= 1).all() and (w >= 1).all() and (h <= 6).all() and (w <= 6).all()
     assert (top + h <= 16).all() and (left + w <= 16).all()
-    for view, (t, l, hh, ww) in zip(out, boxes.tolist()):
-        hole = view[:, t : t + hh, l : l + ww]
+    for view, (t, left_, hh, ww) in zip(out, boxes.tolist(), strict=True):
+        hole = view[:, t : t + hh, left_ : left_ + ww]
         torch.testing.assert_close(hole, torch.full_like(hole, 0.5), rtol=0, atol=0)
 
 
@@ -438,7 +440,11 @@ def test_strong_geometric_ops_match_torchvision_affine():
     bilinear = T.InterpolationMode.BILINEAR
     checked = set()
     for i, (op, magnitude) in enumerate(
-        zip(params["ops"][:, 0].tolist(), params["magnitudes"][:, 0].tolist())
+        zip(
+            params["ops"][:, 0].tolist(),
+            params["magnitudes"][:, 0].tolist(),
+            strict=True,
+        )
     ):
         name = augment.OPS[op]
         signed = 2 * magnitude - 1
@@ -471,7 +477,9 @@ def test_strong_posterize_levels():
     params, out = _params_and_output(augment, x, seed=0)
     selected = params["ops"][:, 0] == augment.OPS.index("posterize")
     assert selected.any()
-    for view, magnitude in zip(out[selected], params["magnitudes"][selected, 0]):
+    for view, magnitude in zip(
+        out[selected], params["magnitudes"][selected, 0], strict=True
+    ):
         levels = 2 ** (4 + math.floor(5 * magnitude.item()))
         scaled = view * levels
         torch.testing.assert_close(scaled, torch.round(scaled), atol=1e-4, rtol=0)

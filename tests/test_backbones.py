@@ -259,9 +259,7 @@ def test_weights_missing_keys_warn(tmp_path):
     # Check that a partial state dict loads with a UserWarning naming the
     # missing keys.
     source = MLP(3, hidden=(4, 5))
-    state = {
-        k: v for k, v in source.state_dict().items() if k.startswith("layers.0.")
-    }
+    state = {k: v for k, v in source.state_dict().items() if k.startswith("layers.0.")}
     path = tmp_path / "partial.pt"
     torch.save(state, path)
     with pytest.warns(UserWarning, match=r"lacks .*layers\.1\.weight"):

@@ -30,15 +30,22 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 # Positions (in sorted file order) of the unreadable files of the test folder:
 # first, in the middle, in a subfolder and last.
 N_FILES = 16
-UNREADABLE = {0: "aa_first.png", 6: "f05_middle.png", 9: "f09/inner.png",
-              15: "zz_last.png"}
+UNREADABLE = {
+    0: "aa_first.png",
+    6: "f05_middle.png",
+    9: "f09/inner.png",
+    15: "zz_last.png",
+}
 
 
 def run(*args, cwd, check=True):
     """Run ``deepclust ARGS`` in a subprocess; return the CompletedProcess."""
     result = subprocess.run(
         [sys.executable, "-m", "deepclust", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -55,8 +62,9 @@ def workdir(tmp_path_factory):
     """A folder of 12 readable 8x8 PNGs and 4 unreadable files, in a work dir."""
     root = tmp_path_factory.mktemp("cli")
     folder = root / "images"
-    images, _ = make_shape_images(N_FILES - len(UNREADABLE), image_size=8, n_classes=3,
-                                  random_state=0)
+    images, _ = make_shape_images(
+        N_FILES - len(UNREADABLE), image_size=8, n_classes=3, random_state=0
+    )
     readable = iter(images)
     for position in range(N_FILES):
         name = UNREADABLE.get(position, f"f{position:02d}.png")
@@ -76,8 +84,21 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(workdir):
     """'deepclust fit' with --on-error skip (safetensors), then 'deepclust export'."""
-    fit = run("fit", "images", "--n-clusters", "3", "--epochs", "1", "--batch-size", "8",
-              "--on-error", "skip", "-o", "cdc-model", cwd=workdir)
+    fit = run(
+        "fit",
+        "images",
+        "--n-clusters",
+        "3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--on-error",
+        "skip",
+        "-o",
+        "cdc-model",
+        cwd=workdir,
+    )
     run("export", "cdc-model", "cdc.onnx", cwd=workdir)
     return fit
 
@@ -91,8 +112,9 @@ def test_fit_saves_pickle_free_model(workdir, fitted):
     assert "Traceback" not in fitted.stderr
     model = load(workdir / "cdc-model")
     files = image_files_in(workdir / "images")
-    assert model.input_files_ == [str(Path("images") / Path(f).relative_to(
-        workdir / "images")) for f in files]
+    assert model.input_files_ == [
+        str(Path("images") / Path(f).relative_to(workdir / "images")) for f in files
+    ]
     assert model.labels_.shape == (N_FILES,)
     assert (model.labels_[list(UNREADABLE)] == -1).all()
     np.testing.assert_array_equal(model.skipped_indices_, sorted(UNREADABLE))
@@ -105,18 +127,34 @@ def test_predict_one_row_per_file(workdir, fitted, model_path):
     # file in sorted order, relative to the folder; that each readable file's row
     # equals predicting that file alone; and that unreadable files get a status
     # and an error instead of a label.
-    result = run("predict", model_path, "images", "--on-error", "skip", "--csv",
-                 "out.csv", cwd=workdir)
+    result = run(
+        "predict",
+        model_path,
+        "images",
+        "--on-error",
+        "skip",
+        "--csv",
+        "out.csv",
+        cwd=workdir,
+    )
     header, rows = read_csv((workdir / "out.csv").read_text())
-    assert header == ["file", "status", "label", "probability", "proba_0", "proba_1",
-                      "proba_2", "error"]
+    assert header == [
+        "file",
+        "status",
+        "label",
+        "probability",
+        "proba_0",
+        "proba_1",
+        "proba_2",
+        "error",
+    ]
     files = image_files_in(workdir / "images")
     assert [row[0] for row in rows] == [
         Path(f).relative_to(workdir / "images").as_posix() for f in files
     ]
     single = onnx.OnnxClusterer(workdir / "cdc.onnx")
     sizes = np.zeros(3, dtype=int)
-    for position, (row, path) in enumerate(zip(rows, files)):
+    for position, (row, path) in enumerate(zip(rows, files, strict=True)):
         if position in UNREADABLE:
             assert row[1] == "unreadable" and row[2:7] == [""] * 5
             assert "UnidentifiedImageError" in row[7]
@@ -147,9 +185,26 @@ def test_predict_refuses_unreadable_files_by_default(workdir, fitted):
 def test_joblib_format_and_cd_model(workdir, fitted):
     # Check 'fit --format joblib' for a CD model and 'predict' of its head
     # activations on stdout, one column per head, for a single image file.
-    run("fit", "images", "--model", "cd", "--epochs", "1", "--on-error", "skip",
-        "--param", "n_heads=5", "--param", "backbone=mlp", "--image-size", "6",
-        "-o", "cd.joblib", "--quiet", cwd=workdir)
+    run(
+        "fit",
+        "images",
+        "--model",
+        "cd",
+        "--epochs",
+        "1",
+        "--on-error",
+        "skip",
+        "--param",
+        "n_heads=5",
+        "--param",
+        "backbone=mlp",
+        "--image-size",
+        "6",
+        "-o",
+        "cd.joblib",
+        "--quiet",
+        cwd=workdir,
+    )
     estimator = joblib.load(workdir / "cd.joblib")
     assert isinstance(estimator, ContrastiveDisentangler)
     assert estimator.n_heads == 5 and estimator.image_size_ == (6, 6)
@@ -180,27 +235,62 @@ def test_predict_npy_rows(workdir, fitted, tmp_path):
     [
         (["fit", "missing_folder"], "DATA 'missing_folder' does not exist"),
         (["fit", "empty"], "DATA 'empty' is a folder with no image files"),
-        (["fit", "images", "--model", "cd", "--n-clusters", "3"],
-         "--n-clusters applies to --model cdc only"),
-        (["fit", "images", "--param", "batch_siz=4"],
-         "--param batch_siz: CDCClusterer has no parameter 'batch_siz'; did you mean "
-         "batch_size"),
-        (["fit", "images", "--param", "noequals"], "--param 'noequals': expected NAME=VALUE"),
-        (["fit", "images", "-o", "notes.txt", "--format", "safetensors"],
-         "--output 'notes.txt' is an existing file"),
-        (["fit", "images", "--epochs", "1"], "DATA has 4 image file(s) that cannot be "
-         "decoded"),
-        (["predict", "missing_model", "images"], "MODEL 'missing_model' does not exist"),
-        (["predict", "notes.txt", "images"], "MODEL 'notes.txt' is not a deepclust model"),
-        (["predict", "junk.onnx", "images"], "'junk.onnx' could not be loaded as an ONNX"),
+        (
+            ["fit", "images", "--model", "cd", "--n-clusters", "3"],
+            "--n-clusters applies to --model cdc only",
+        ),
+        (
+            ["fit", "images", "--param", "batch_siz=4"],
+            "--param batch_siz: CDCClusterer has no parameter 'batch_siz'; did you "
+            "mean "
+            "batch_size",
+        ),
+        (
+            ["fit", "images", "--param", "noequals"],
+            "--param 'noequals': expected NAME=VALUE",
+        ),
+        (
+            ["fit", "images", "-o", "notes.txt", "--format", "safetensors"],
+            "--output 'notes.txt' is an existing file",
+        ),
+        (
+            ["fit", "images", "--epochs", "1"],
+            "DATA has 4 image file(s) that cannot be decoded",
+        ),
+        (
+            ["predict", "missing_model", "images"],
+            "MODEL 'missing_model' does not exist",
+        ),
+        (
+            ["predict", "notes.txt", "images"],
+            "MODEL 'notes.txt' is not a deepclust model",
+        ),
+        (
+            ["predict", "junk.onnx", "images"],
+            "'junk.onnx' could not be loaded as an ONNX",
+        ),
         (["predict", "cdc-model", "notes.txt"], "DATA 'notes.txt' is neither a folder"),
-        (["export", "cdc.onnx", "again.onnx"], "MODEL 'cdc.onnx' is already an ONNX file"),
+        (
+            ["export", "cdc.onnx", "again.onnx"],
+            "MODEL 'cdc.onnx' is already an ONNX file",
+        ),
         (["export", "missing_model", "m.onnx"], "MODEL 'missing_model' does not exist"),
     ],
-    ids=["fit-missing-path", "fit-empty-folder", "cd-with-n-clusters", "unknown-param",
-         "param-without-value", "output-is-a-file", "unreadable-without-skip",
-         "missing-model", "not-a-model", "invalid-onnx", "data-not-images",
-         "export-onnx", "export-missing-model"],
+    ids=[
+        "fit-missing-path",
+        "fit-empty-folder",
+        "cd-with-n-clusters",
+        "unknown-param",
+        "param-without-value",
+        "output-is-a-file",
+        "unreadable-without-skip",
+        "missing-model",
+        "not-a-model",
+        "invalid-onnx",
+        "data-not-images",
+        "export-onnx",
+        "export-missing-model",
+    ],
 )
 def test_user_mistakes_give_one_line(workdir, fitted, args, expected):
     # Check that each user mistake prints one line naming the flag or path, exits
@@ -210,8 +300,11 @@ def test_user_mistakes_give_one_line(workdir, fitted, args, expected):
     (workdir / "junk.onnx").write_bytes(b"\x00not an onnx file")
     result = run(*args, cwd=workdir, check=False)
     assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines()
-             if not line.startswith("deepclust: warning:")]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if not line.startswith("deepclust: warning:")
+    ]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"deepclust {args[0]}: error: ")
     assert expected in lines[0], lines[0]
@@ -221,10 +314,18 @@ def test_user_mistakes_give_one_line(workdir, fitted, args, expected):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["fit", "images", "--on-error", "ignore"], "argument --on-error: invalid choice"),
-        (["fit", "images", "--batch-size", "0"], "argument --batch-size: expected a "
-         "positive integer"),
-        (["fit", "images", "--epochs", "many"], "argument --epochs: expected 'auto' or"),
+        (
+            ["fit", "images", "--on-error", "ignore"],
+            "argument --on-error: invalid choice",
+        ),
+        (
+            ["fit", "images", "--batch-size", "0"],
+            "argument --batch-size: expected a positive integer",
+        ),
+        (
+            ["fit", "images", "--epochs", "many"],
+            "argument --epochs: expected 'auto' or",
+        ),
         (["predict", "cdc.onnx"], "the following arguments are required: DATA"),
         (["cluster"], "argument COMMAND: invalid choice"),
         ([], "the following arguments are required: COMMAND"),
@@ -237,8 +338,13 @@ def test_usage_errors_give_one_line_without_torch(workdir, args, expected):
         f"try:\n    main({args!r})\nexcept SystemExit as exit:\n"
         "    print('torch' in sys.modules, exit.code)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=workdir,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stdout.split() == ["False", "2"]
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -253,12 +359,14 @@ def test_help_and_version_do_not_import_torch():
         "['export', '--help'], ['demo', '--help'], ['--version']):\n"
         "    out = io.StringIO()\n"
         "    with contextlib.redirect_stdout(out):\n"
-        "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+        "        try:\n            main(argv)\n"
+        "        except SystemExit:\n            pass\n"
         "    sys.stderr.write(out.getvalue())\n"
         "print('torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "False"
     assert "deepclust 0." in result.stderr
     assert "(default: 128)" in result.stderr  # fit --batch-size
@@ -303,7 +411,7 @@ def test_demo_prints_score_table(capsys):
     assert header.split()[:4] == ["method", "ACC", "NMI", "ARI"]
     for name in ["KMeans on pixels", "CDCClusterer"]:
         row = next(line for line in lines if line.startswith(name))
-        scores = [float(value) for value in row[len(name):].split()[:3]]
+        scores = [float(value) for value in row[len(name) :].split()[:3]]
         assert all(-1.0 <= score <= 1.0 for score in scores)
     assert "CD heads" not in out
 
@@ -313,8 +421,16 @@ def test_in_process_predict_warns_nothing_unexpected(workdir, fitted, capsys):
     # reported in the CSV rather than as stray warnings.
     with warnings.catch_warnings():
         warnings.simplefilter("error", SkippedInputsWarning)
-        code = main(["predict", str(workdir / "cdc.onnx"), str(workdir / "images"),
-                     "--on-error", "skip", "--quiet"])
+        code = main(
+            [
+                "predict",
+                str(workdir / "cdc.onnx"),
+                str(workdir / "images"),
+                "--on-error",
+                "skip",
+                "--quiet",
+            ]
+        )
     assert code == 0
     _, rows = read_csv(capsys.readouterr().out)
     assert sum(row[1] == "unreadable" for row in rows) == len(UNREADABLE)

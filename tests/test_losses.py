@@ -58,7 +58,7 @@ def _assert_matches_literal(actual, expected, rtol=1e-5, atol=1e-5):
 
 
 def _dot(u, v):
-    return sum(a * b for a, b in zip(u, v))
+    return sum(a * b for a, b in zip(u, v, strict=True))
 
 
 def _cosine(u, v):
@@ -194,7 +194,7 @@ def _literal_swav_sinkhorn(scores, epsilon, n_iterations):
 def _literal_cluster_ce(zc, codes, cluster_temperature):
     """CDC Eq. 7, -sum_k q_k log softmax(z^c / t)_k, averaged over the samples."""
     total = 0.0
-    for row, code in zip(zc, codes):
+    for row, code in zip(zc, codes, strict=True):
         log_normaliser = math.log(sum(math.exp(v / cluster_temperature) for v in row))
         for k, value in enumerate(row):
             total += -code[k] * (value / cluster_temperature - log_normaliser)
@@ -204,7 +204,7 @@ def _literal_cluster_ce(zc, codes, cluster_temperature):
 def _literal_weighted_ce(weak_logits, strong_logits, threshold, balance):
     """SCAN's ConfidenceBasedCE: sum_i w_{y_i} CE_i / sum_i w_{y_i} over confident i."""
     labels, losses = [], []
-    for weak, strong in zip(weak_logits.tolist(), strong_logits.tolist()):
+    for weak, strong in zip(weak_logits.tolist(), strong_logits.tolist(), strict=True):
         normaliser = sum(math.exp(v) for v in weak)
         probabilities = [math.exp(v) / normaliser for v in weak]
         confidence = max(probabilities)
@@ -217,7 +217,9 @@ def _literal_weighted_ce(weak_logits, strong_logits, threshold, balance):
     if balance:
         for label in weights:
             weights[label] = len(labels) / labels.count(label)
-    numerator = sum(weights[label] * loss for label, loss in zip(labels, losses))
+    numerator = sum(
+        weights[label] * loss for label, loss in zip(labels, losses, strict=True)
+    )
     return numerator / sum(weights[label] for label in labels)
 
 
@@ -609,7 +611,7 @@ def test_sinkhorn_equipartition_improves_with_iterations():
         torch.testing.assert_close(codes.sum(dim=1), torch.ones(n_samples))
         masses = codes.sum(dim=0)
         deviations.append(float((masses - n_samples / n_clusters).abs().max()))
-    assert all(later < earlier for earlier, later in zip(deviations, deviations[1:]))
+    assert all(later < earlier for earlier, later in itertools.pairwise(deviations))
     assert deviations[-1] < 1e-3
 
 

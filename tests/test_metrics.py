@@ -25,8 +25,8 @@ def _brute_force_accuracy(y_true, y_pred):
     # the classes, and classes when they outnumber the clusters.
     targets = list(classes) + [None] * len(clusters)
     for assignment in itertools.permutations(targets, len(clusters)):
-        mapping = dict(zip(clusters, assignment))
-        correct = sum(mapping[p] == t for t, p in zip(y_true, y_pred))
+        mapping = dict(zip(clusters, assignment, strict=True))
+        correct = sum(mapping[p] == t for t, p in zip(y_true, y_pred, strict=True))
         best = max(best, correct)
     return best / len(y_true)
 

@@ -23,16 +23,14 @@ from deepclust.datasets import make_shape_images
 
 onnx = pytest.importorskip("deepclust.onnx")
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::sklearn.exceptions.ConvergenceWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 SMALL = {"max_epochs": 1, "batch_size": 8, "random_state": 0}
 N_GOOD = 9
 
 
 def _write_folder(root: Path, bad_positions):
-    """A folder of readable PNGs with corrupt files at ``bad_positions`` (sorted order)."""
+    """Readable PNGs with corrupt files at ``bad_positions`` (in sorted order)."""
     images, _ = make_shape_images(N_GOOD, image_size=8, n_classes=3, random_state=1)
     root.mkdir(parents=True, exist_ok=True)
     names = []
@@ -82,25 +80,35 @@ def _predictors(models):
     return [
         ("CDC.predict", cdc.predict),
         ("CDC.predict_proba", cdc.predict_proba),
-        ("CDC.transform(instance)", lambda X: cdc.set_params(
-            transform_output="instance").transform(X)),
+        (
+            "CDC.transform(instance)",
+            lambda X: cdc.set_params(transform_output="instance").transform(X),
+        ),
         ("CDC.embed", cdc.embed),
-        ("CD.transform(heads)", lambda X: cd.set_params(
-            transform_output="heads").transform(X)),
-        ("CD.transform(embedding)", lambda X: cd.set_params(
-            transform_output="embedding").transform(X)),
+        (
+            "CD.transform(heads)",
+            lambda X: cd.set_params(transform_output="heads").transform(X),
+        ),
+        (
+            "CD.transform(embedding)",
+            lambda X: cd.set_params(transform_output="embedding").transform(X),
+        ),
         ("Onnx.predict", cdc_onnx.predict),
         ("Onnx.predict_proba", cdc_onnx.predict_proba),
         ("Onnx.transform(labels)", lambda X: cdc_onnx.transform(X, output="labels")),
         ("OnnxCD.transform(heads)", cd_onnx.transform),
-        ("OnnxCD.transform(embedding)", lambda X: cd_onnx.transform(
-            X, output="embedding")),
+        (
+            "OnnxCD.transform(embedding)",
+            lambda X: cd_onnx.transform(X, output="embedding"),
+        ),
     ]
 
 
 def _is_marked(row):
     row = np.atleast_1d(row)
-    return bool(np.all(row == -1)) if row.dtype.kind == "i" else bool(np.isnan(row).all())
+    return (
+        bool(np.all(row == -1)) if row.dtype.kind == "i" else bool(np.isnan(row).all())
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,7 +133,10 @@ def test_unreadable_files_keep_their_rows(models, tmp_path, bad_positions):
                 else:
                     alone = predict([path])
                     np.testing.assert_allclose(
-                        rows[position], alone[0], rtol=1e-5, atol=1e-6,
+                        rows[position],
+                        alone[0],
+                        rtol=1e-5,
+                        atol=1e-6,
                         err_msg=f"{name}: row {position} ({path})",
                     )
 
@@ -176,11 +187,15 @@ def test_fit_with_skip_joins_back_to_files(tmp_path):
         cd = ContrastiveDisentangler(n_heads=4, on_error="skip", **SMALL)
         heads = cd.fit_transform(names)
     assert heads.shape == (len(names), 4)
-    assert np.isnan(heads[[0, 6]]).all() and not np.isnan(np.delete(heads, [0, 6], 0)).any()
+    assert (
+        np.isnan(heads[[0, 6]]).all()
+        and not np.isnan(np.delete(heads, [0, 6], 0)).any()
+    )
 
 
-@pytest.mark.parametrize("kind", ["nhwc", "nchw-float", "gray", "pil", "arrays",
-                                  "npy", "tabular"])
+@pytest.mark.parametrize(
+    "kind", ["nhwc", "nchw-float", "gray", "pil", "arrays", "npy", "tabular"]
+)
 def test_every_input_kind_gives_one_row_per_input(models, tmp_path, kind):
     # Check len(predict(X)) == len(X), in input order, for every kind of input.
     images, _ = make_shape_images(7, image_size=8, n_classes=3, random_state=2)

@@ -39,31 +39,41 @@ _SMALL = {"max_epochs": 1, "batch_size": 4, "random_state": 0}
 MODELS = {
     # small_cnn, RGB, uint8 NHWC graph (the default for uint8 training data).
     "cdc_small_rgb": (
-        CDCClusterer(3, backbone="small_cnn", instance_dim=4, **_SMALL), _RGB16, {},
+        CDCClusterer(3, backbone="small_cnn", instance_dim=4, **_SMALL),
+        _RGB16,
+        {},
     ),
     # Fitted on raw float images: "auto" exports a float NCHW graph.
     "cd_small_gray_float": (
-        ContrastiveDisentangler(backbone="small_cnn", n_heads=4, projection_dim=4,
-                                **_SMALL),
-        _GRAY8_FLOAT, {},
+        ContrastiveDisentangler(
+            backbone="small_cnn", n_heads=4, projection_dim=4, **_SMALL
+        ),
+        _GRAY8_FLOAT,
+        {},
     ),
     "cdc_mlp": (
-        CDCClusterer(3, backbone="mlp", instance_dim=4, transform_output="instance",
-                     **_SMALL),
-        _TABULAR, {},
+        CDCClusterer(
+            3, backbone="mlp", instance_dim=4, transform_output="instance", **_SMALL
+        ),
+        _TABULAR,
+        {},
     ),
     # The ResNets (the slowest part of this file): both stems, both input
     # formats, every output.
     "cdc_resnet_cifar_rgb": (
         CDCClusterer(3, backbone="resnet18", stem="cifar", instance_dim=4, **_SMALL),
         _RGB16,
-        {"input_format": "float_nchw",
-         "outputs": ["labels", "probabilities", "embedding", "instance"]},
+        {
+            "input_format": "float_nchw",
+            "outputs": ["labels", "probabilities", "embedding", "instance"],
+        },
     ),
     "cd_resnet_imagenet_gray": (
-        ContrastiveDisentangler(backbone="resnet18", stem="imagenet", n_heads=4,
-                                projection_dim=4, **_SMALL),
-        _GRAY32, {"outputs": ["heads", "embedding"]},
+        ContrastiveDisentangler(
+            backbone="resnet18", stem="imagenet", n_heads=4, projection_dim=4, **_SMALL
+        ),
+        _GRAY32,
+        {"outputs": ["heads", "embedding"]},
     ),
 }
 MODEL_PARAMS = [
@@ -133,8 +143,10 @@ def test_export_matches_estimator(fitted, name):
     clusterer = OnnxClusterer(path)
     X = _test_images(name, max(BATCH_SIZES))
     # The estimator runs in eval mode, so its rows do not depend on the batch.
-    reference = {output: _estimator_output(estimator, output, X)
-                 for output in clusterer.output_names}
+    reference = {
+        output: _estimator_output(estimator, output, X)
+        for output in clusterer.output_names
+    }
     for batch in BATCH_SIZES:
         for output in clusterer.output_names:
             got = clusterer.transform(X[:batch], output=output)
@@ -172,7 +184,8 @@ def test_export_single_checked_file_with_metadata(fitted, name):
         assert meta["n_channels"] == estimator.n_channels_
         # "auto" and explicit formats: uint8 NHWC for uint8 training data.
         expected = MODELS[name][2].get(
-            "input_format", "uint8_nhwc" if estimator.input_dtype_ == "uint8" else "float_nchw"
+            "input_format",
+            "uint8_nhwc" if estimator.input_dtype_ == "uint8" else "float_nchw",
         )
         assert meta["input_format"] == expected
     graph_input = onnxruntime.InferenceSession(str(path)).get_inputs()[0]
@@ -185,9 +198,10 @@ def test_export_single_checked_file_with_metadata(fitted, name):
 
 
 def test_export_static_batch_quiet_and_restores_training(tmp_path, capfd):
-    # Check that export is silent, keeps train mode, and fixed-batch graphs still stream.
-    estimator = ContrastiveDisentangler(backbone="mlp", n_heads=4, projection_dim=4,
-                                        **_SMALL).fit(_TABULAR)
+    # Check that export is silent, keeps train mode, and fixed-batch graphs stream.
+    estimator = ContrastiveDisentangler(
+        backbone="mlp", n_heads=4, projection_dim=4, **_SMALL
+    ).fit(_TABULAR)
     estimator._model().train()
     capfd.readouterr()
     with warnings.catch_warnings(record=True) as caught:
@@ -201,12 +215,13 @@ def test_export_static_batch_quiet_and_restores_training(tmp_path, capfd):
     clusterer = OnnxClusterer(path, batch_size=4)
     assert clusterer.session.get_inputs()[0].shape[0] == 1
     X = _TABULAR[:5]
-    np.testing.assert_allclose(clusterer.transform(X), estimator.transform(X),
-                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        clusterer.transform(X), estimator.transform(X), rtol=1e-3, atol=1e-5
+    )
 
 
 def test_export_falls_back_to_torchscript_exporter(fitted, tmp_path, monkeypatch):
-    # Check that a failing dynamo exporter falls back to the TorchScript one with a warning.
+    # Check that a failing dynamo exporter falls back to TorchScript with a warning.
     estimator, _ = fitted("cdc_mlp")
     real_export = torch.onnx.export
 
@@ -223,16 +238,20 @@ def test_export_falls_back_to_torchscript_exporter(fitted, tmp_path, monkeypatch
     clusterer = OnnxClusterer(path)
     assert clusterer.metadata["exporter"] == "torchscript"
     X = _test_images("cdc_mlp", 7)
-    np.testing.assert_allclose(clusterer.predict_proba(X), estimator.predict_proba(X),
-                               rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(clusterer.transform(X), estimator.transform(X),
-                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        clusterer.predict_proba(X), estimator.predict_proba(X), rtol=1e-3, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        clusterer.transform(X), estimator.transform(X), rtol=1e-3, atol=1e-5
+    )
 
 
 def test_export_errors(fitted, tmp_path):
     # Check that invalid export arguments raise errors naming the argument.
     estimator, _ = fitted("cdc_mlp")
-    with pytest.raises(ValueError, match=r"available outputs are \['labels', 'probabilities'"):
+    with pytest.raises(
+        ValueError, match=r"available outputs are \['labels', 'probabilities'"
+    ):
         export_onnx(estimator, tmp_path / "m.onnx", outputs=["heads"])
     with pytest.raises(ValueError, match=r"unknown name\(s\) \['banana'\]"):
         estimator.export_onnx(tmp_path / "m.onnx", outputs="banana")
@@ -265,18 +284,31 @@ def test_clusterer_reads_arrays_pil_paths_and_folders(fitted, tmp_path):
         Image.fromarray(image).save(paths[-1])
     np.save(tmp_path / "images.npy", images)
     expected = clusterer.predict_proba(images)
-    np.testing.assert_allclose(expected, estimator.predict_proba(images), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        expected, estimator.predict_proba(images), rtol=1e-3, atol=1e-5
+    )
     pil_images = [Image.fromarray(image) for image in images]
-    for X in (pil_images, paths, str(tmp_path), str(tmp_path / "images.npy"),
-              images.transpose(0, 3, 1, 2).astype(np.float32)):
-        np.testing.assert_allclose(clusterer.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
+    for X in (
+        pil_images,
+        paths,
+        str(tmp_path),
+        str(tmp_path / "images.npy"),
+        images.transpose(0, 3, 1, 2).astype(np.float32),
+    ):
+        np.testing.assert_allclose(
+            clusterer.predict_proba(X), expected, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_clusterer_resizes_larger_images(fitted):
-    # Check that larger PIL images are resized to the model's size, as the estimator does.
+    # Check that larger PIL images are resized to the model's size, as in the
+    # estimator.
     estimator, path = fitted("cdc_small_rgb")
     rng = np.random.default_rng(2)
-    big = [Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)) for _ in range(5)]
+    big = [
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8))
+        for _ in range(5)
+    ]
     clusterer = OnnxClusterer(path)
     got = clusterer.predict_proba(big)
     assert got.shape == (5, 3)
@@ -284,7 +316,7 @@ def test_clusterer_resizes_larger_images(fitted):
 
 
 def test_clusterer_streams_batches(fitted):
-    # Check that inputs larger than batch_size run in several calls with the same result.
+    # Check that inputs larger than batch_size run in several calls, same result.
     _, path = fitted("cdc_small_rgb")
     X = _test_images("cdc_small_rgb", 23)
     whole = OnnxClusterer(path).predict_proba(X)
@@ -303,19 +335,22 @@ def test_clusterer_streams_batches(fitted):
 
 
 def test_clusterer_float_images_in_uint8_graph(fitted):
-    # Check that whole-valued float images are accepted by a uint8 graph, others rejected.
+    # Check that whole-valued float images are accepted by a uint8 graph, others
+    # rejected.
     _, path = fitted("cdc_small_rgb")
     clusterer = OnnxClusterer(path)
     images = _test_images("cdc_small_rgb", 4)
     np.testing.assert_array_equal(
-        clusterer.predict_proba(images.astype(np.float64)), clusterer.predict_proba(images)
+        clusterer.predict_proba(images.astype(np.float64)),
+        clusterer.predict_proba(images),
     )
     with pytest.raises(InputError, match="input_format='float_nchw'"):
         clusterer.predict(images.astype(np.float32) + 0.5)
 
 
 def test_clusterer_attributes_and_transform_default(fitted):
-    # Check the loaded attributes and that transform follows the estimator's transform_output.
+    # Check the loaded attributes and that transform follows the estimator's
+    # transform_output.
     estimator, path = fitted("cdc_mlp")
     clusterer = OnnxClusterer(path)
     assert clusterer.input_name == "input"
@@ -324,8 +359,9 @@ def test_clusterer_attributes_and_transform_default(fitted):
     assert clusterer.n_features_in_ == 5
     assert clusterer.metadata["estimator"] == "CDCClusterer"
     X = _test_images("cdc_mlp", 6)
-    np.testing.assert_allclose(clusterer.transform(X), estimator.transform(X),
-                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        clusterer.transform(X), estimator.transform(X), rtol=1e-3, atol=1e-5
+    )
     cd = OnnxClusterer(fitted("cd_small_gray_float")[1])
     assert cd.n_clusters is None
     assert not hasattr(cd, "n_features_in_")
@@ -342,11 +378,17 @@ def test_clusterer_in_pipeline(fitted):
     _, cdc_path = fitted("cdc_mlp")
     X = _test_images("cdc_mlp", 20)
     pipeline = Pipeline([("cluster", OnnxClusterer(cdc_path))])
-    np.testing.assert_array_equal(pipeline.predict(X), OnnxClusterer(cdc_path).predict(X))
+    np.testing.assert_array_equal(
+        pipeline.predict(X), OnnxClusterer(cdc_path).predict(X)
+    )
     _, cd_path = fitted("cd_small_gray_float")
     images = _test_images("cd_small_gray_float", 12)
-    kmeans = Pipeline([("heads", OnnxClusterer(cd_path)),
-                       ("kmeans", KMeans(2, n_init=1, random_state=0))])
+    kmeans = Pipeline(
+        [
+            ("heads", OnnxClusterer(cd_path)),
+            ("kmeans", KMeans(2, n_init=1, random_state=0)),
+        ]
+    )
     labels = kmeans.fit(images).predict(images)
     assert labels.shape == (12,)
     assert kmeans.named_steps["kmeans"].cluster_centers_.shape == (2, 4)
@@ -357,8 +399,12 @@ def test_clusterer_params_clone_and_pickle(fitted):
     _, path = fitted("cdc_mlp")
     _, image_path = fitted("cdc_small_rgb")
     clusterer = OnnxClusterer(path, batch_size=4)
-    assert clusterer.get_params() == {"path": path, "providers": None, "batch_size": 4,
-                                      "on_error": None}
+    assert clusterer.get_params() == {
+        "path": path,
+        "providers": None,
+        "batch_size": 4,
+        "on_error": None,
+    }
     assert clusterer.fit() is clusterer
     assert clusterer.__sklearn_is_fitted__()
     assert repr(clusterer) == f"OnnxClusterer({str(path)!r}, batch_size=4)"
@@ -378,7 +424,8 @@ def test_clusterer_params_clone_and_pickle(fitted):
 
 
 def test_clusterer_providers(fitted):
-    # Check that unavailable providers warn and fall back to the CPU; unknown ones raise.
+    # Check that unavailable providers warn and fall back to the CPU; unknown ones
+    # raise.
     _, path = fitted("cdc_mlp")
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         clusterer = OnnxClusterer(path, providers="cuda")
@@ -404,8 +451,13 @@ from deepclust.onnx import OnnxClusterer
 labels = OnnxClusterer({str(path)!r}).predict({str(tmp_path / "images.npy")!r})
 print(labels.tolist(), sorted(m for m in sys.modules if m.startswith("deepclust")))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 0, result.stderr
     expected = OnnxClusterer(path).predict(images).tolist()
     assert result.stdout.strip() == (
@@ -429,7 +481,9 @@ def test_clusterer_input_errors(fitted):
     with pytest.raises(InputError, match=r"expected shape \(3, 16, 16\)"):
         images.predict(np.zeros((2, 20, 20, 3), dtype=np.uint8))
     tabular = OnnxClusterer(tabular_path)
-    with pytest.raises(InputError, match="X has 4 features, but OnnxClusterer is expecting 5"):
+    with pytest.raises(
+        InputError, match="X has 4 features, but OnnxClusterer is expecting 5"
+    ):
         tabular.predict(np.zeros((3, 4), dtype=np.float32))
     with pytest.raises(InputError, match="fitted on tabular data"):
         tabular.predict(np.zeros((3, 8, 8, 3), dtype=np.uint8))
@@ -440,10 +494,15 @@ def test_clusterer_output_and_file_errors(fitted, tmp_path):
     _, cdc_path = fitted("cdc_small_rgb")
     _, cd_path = fitted("cd_small_gray_float")
     X = _test_images("cdc_small_rgb", 2)
-    with pytest.raises(ValueError, match=r"available outputs are \['labels', 'probabilities'\]; "
-                                         r"re-export .* 'embedding'"):
+    with pytest.raises(
+        ValueError,
+        match=r"available outputs are \['labels', 'probabilities'\]; "
+        r"re-export .* 'embedding'",
+    ):
         OnnxClusterer(cdc_path).transform(X, output="embedding")
-    with pytest.raises(ValueError, match=r"output='banana' .* \['labels', 'probabilities'\]\.$"):
+    with pytest.raises(
+        ValueError, match=r"output='banana' .* \['labels', 'probabilities'\]\.$"
+    ):
         OnnxClusterer(cdc_path).transform(X, output="banana")
     cd = OnnxClusterer(cd_path)
     with pytest.raises(ValueError, match=r"predict needs cluster outputs.*\['heads'\]"):

@@ -419,12 +419,15 @@ def test_format_v1_models_still_load():
     expected = np.load(folder / "expected.npz")
     cdc = load(folder / "cdc_tabular")
     assert isinstance(cdc, CDCClusterer) and cdc.n_clusters == 2
-    np.testing.assert_allclose(cdc.predict_proba(expected["X"]), expected["cdc_proba"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        cdc.predict_proba(expected["X"]), expected["cdc_proba"], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(cdc.labels_, expected["cdc_labels"])
     cd = load(folder / "cd_gray_mlp")
     assert isinstance(cd, ContrastiveDisentangler) and cd.n_heads == 4
-    np.testing.assert_allclose(cd.transform(expected["images"]), expected["cd_heads"],
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(cd.embed(expected["images"]), expected["cd_embedding"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        cd.transform(expected["images"]), expected["cd_heads"], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        cd.embed(expected["images"]), expected["cd_embedding"], rtol=1e-5, atol=1e-6
+    )

@@ -76,8 +76,9 @@ def nan_loss_at_epoch(monkeypatch):
         for objective in (CDObjective, CDCObjective):
             original = objective.forward
 
-            def forward(self, model, unit, generator=None, epoch_index=0,
-                        original=original):
+            def forward(
+                self, model, unit, generator=None, epoch_index=0, original=original
+            ):
                 loss, parts = original(self, model, unit, generator, epoch_index)
                 if epoch_index + 1 >= epoch:
                     loss = loss * float("nan")

@@ -10,12 +10,18 @@ import deepclust.estimators._net as net_module
 from deepclust import CDCClusterer, ContrastiveDisentangler
 from deepclust.estimators._net import ContrastiveNet, DeviceBatches
 
-TINY_CD = {"backbone": "small_cnn", "n_heads": 4, "projection_dim": 4, "max_epochs": 1,
-           "batch_size": 8, "random_state": 0}
+TINY_CD = {
+    "backbone": "small_cnn",
+    "n_heads": 4,
+    "projection_dim": 4,
+    "max_epochs": 1,
+    "batch_size": 8,
+    "random_state": 0,
+}
 
 
 class _ForwardRecorder(Callback):
-    """Record, at each training forward of the backbone, the autocast state and layout."""
+    """Record the autocast state and layout at each training forward of the backbone."""
 
     def __init__(self, device_type="cpu"):
         self.device_type = device_type
@@ -26,11 +32,15 @@ class _ForwardRecorder(Callback):
 
     def on_train_begin(self, net, **kwargs):
         def record(module, args, output):
-            self.states_.append({
-                "autocast": torch.is_autocast_enabled(self.device_type),
-                "autocast_dtype": torch.get_autocast_dtype(self.device_type),
-                "channels_last": args[0].is_contiguous(memory_format=torch.channels_last),
-            })
+            self.states_.append(
+                {
+                    "autocast": torch.is_autocast_enabled(self.device_type),
+                    "autocast_dtype": torch.get_autocast_dtype(self.device_type),
+                    "channels_last": args[0].is_contiguous(
+                        memory_format=torch.channels_last
+                    ),
+                }
+            )
 
         self.handle_ = net.unwrapped_module().backbone.register_forward_hook(record)
 
@@ -85,12 +95,15 @@ def test_bf16_on_cpu_trains_under_autocast(shape_images):
     # autocast and trains with a finite loss.
     images, _ = shape_images
     recorder = _ForwardRecorder("cpu")
-    cd = ContrastiveDisentangler(precision="bf16", device="cpu", callbacks=[recorder],
-                                 **TINY_CD).fit(images)
+    cd = ContrastiveDisentangler(
+        precision="bf16", device="cpu", callbacks=[recorder], **TINY_CD
+    ).fit(images)
     assert cd.net_.precision_dtype is torch.bfloat16
     assert len(recorder.states_) == 2 * 3  # two views per batch, 24 images / 8
-    assert all(s["autocast"] and s["autocast_dtype"] is torch.bfloat16
-               for s in recorder.states_)
+    assert all(
+        s["autocast"] and s["autocast_dtype"] is torch.bfloat16
+        for s in recorder.states_
+    )
     assert np.isfinite(cd.history_[:, "train_loss"]).all()
     assert np.isfinite(cd.transform(images)).all()
 
@@ -101,8 +114,9 @@ def test_fp32_on_cpu_has_no_autocast(shape_images, precision):
     # and in the default NCHW layout.
     images, _ = shape_images
     recorder = _ForwardRecorder("cpu")
-    cd = ContrastiveDisentangler(precision=precision, device="cpu", callbacks=[recorder],
-                                 **TINY_CD).fit(images)
+    cd = ContrastiveDisentangler(
+        precision=precision, device="cpu", callbacks=[recorder], **TINY_CD
+    ).fit(images)
     assert cd.net_.precision_dtype is None
     assert recorder.states_
     assert not any(s["autocast"] for s in recorder.states_)
@@ -150,8 +164,16 @@ def test_streaming_dataloader_path_trains(shape_images, tmp_path, monkeypatch):
         return iterator
 
     monkeypatch.setattr(ContrastiveNet, "get_iterator", spy)
-    cdc = CDCClusterer(2, backbone="small_cnn", instance_dim=4, max_epochs=1, batch_size=8,
-                       num_workers=0, device="cpu", random_state=0)
+    cdc = CDCClusterer(
+        2,
+        backbone="small_cnn",
+        instance_dim=4,
+        max_epochs=1,
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+        random_state=0,
+    )
     cdc.fit(paths)
     assert len(iterators) == 1
     assert isinstance(iterators[0], torch.utils.data.DataLoader)
@@ -168,14 +190,21 @@ def test_cuda_fit_uses_bf16_and_channels_last(shape_images):
     # its inputs are channels_last, the model lives on the GPU and the loss is finite.
     images, _ = shape_images
     recorder = _ForwardRecorder("cuda")
-    cd = ContrastiveDisentangler(device="cuda", callbacks=[recorder], **TINY_CD).fit(images)
+    cd = ContrastiveDisentangler(device="cuda", callbacks=[recorder], **TINY_CD).fit(
+        images
+    )
     model = cd.net_.unwrapped_module()
     assert cd.net_.precision_dtype is torch.bfloat16
     assert all(p.is_cuda for p in model.parameters())
-    assert all(p.is_contiguous(memory_format=torch.channels_last)
-               for p in model.parameters() if p.ndim == 4)
+    assert all(
+        p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+        if p.ndim == 4
+    )
     assert recorder.states_
-    assert all(s["autocast"] and s["autocast_dtype"] is torch.bfloat16 and s["channels_last"]
-               for s in recorder.states_)
+    assert all(
+        s["autocast"] and s["autocast_dtype"] is torch.bfloat16 and s["channels_last"]
+        for s in recorder.states_
+    )
     assert np.isfinite(cd.history_[:, "train_loss"]).all()
     assert np.isfinite(cd.transform(images)).all()

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skorch.callbacks import GradientNormClipping, LRScheduler
-from skorch.history import History
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import GradientNormClipping, LRScheduler
+from skorch.history import History
 
 from deepclust._inputs import (
     ImageInput,
@@ -73,8 +73,12 @@ SHARED_CONSTRAINTS: dict[str, list] = {
     "stem": [StrOptions({"auto", "imagenet", "cifar"})],
     "backbone_weights": [str, os.PathLike, None],
     "freeze_backbone": ["boolean"],
-    "image_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"),
-                   tuple, list],
+    "image_size": [
+        StrOptions({"auto"}),
+        Interval(Integral, 1, None, closed="left"),
+        tuple,
+        list,
+    ],
     "data_format": [StrOptions({"auto", "channels_last", "channels_first"})],
     "max_epochs": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
     "batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -168,7 +172,10 @@ class BaseDeepEstimator(BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(
-                {**self.training_config_["model"], "backbone_weights": self.backbone_weights}
+                {
+                    **self.training_config_["model"],
+                    "backbone_weights": self.backbone_weights,
+                }
             )
         self._fit_scaler(model.scaler, source)
         dataset = InputDataset(source, device)
@@ -180,7 +187,8 @@ class BaseDeepEstimator(BaseEstimator):
             # A failure after a completed epoch comes back as `error`: the net
             # then holds that epoch's weights, so the estimator is fitted first.
             error = fit_net(
-                self.net_, dataset,
+                self.net_,
+                dataset,
                 checkpoint_dir=self.checkpoint_dir,
                 checkpoint_every=self.checkpoint_every,
                 resume=self.resume,
@@ -204,7 +212,8 @@ class BaseDeepEstimator(BaseEstimator):
         if isinstance(self.image_size, (tuple, list)):
             check_image_size(self.image_size)
         if isinstance(self.crop_scale, (tuple, list)) and not (
-            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
+            len(self.crop_scale) == 2
+            and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
         ):
             raise ValueError(
                 "crop_scale must be 'auto' or (low, high) with 0 < low <= high <= 1; "
@@ -219,13 +228,19 @@ class BaseDeepEstimator(BaseEstimator):
 
     def _read_fit_input(self, X):
         image_size = None if isinstance(self.image_size, str) else self.image_size
-        source = read_input(X, image_size=image_size, data_format=self.data_format,
-                            on_error=self.on_error)
-        check_min_samples(source, 2,
-                          what="contrastive training compares samples with each other")
+        source = read_input(
+            X,
+            image_size=image_size,
+            data_format=self.data_format,
+            on_error=self.on_error,
+        )
+        check_min_samples(
+            source, 2, what="contrastive training compares samples with each other"
+        )
         if isinstance(source, ImageInput) and min(source.size) < 2:
             raise InputError(
-                f"X yields images of size (H, W) = {tuple(source.size)}; training needs "
+                f"X yields images of size (H, W) = {tuple(source.size)}; training "
+                "needs "
                 "images of at least 2x2 pixels (pass image_size to upsample them)."
             )
         return source
@@ -247,8 +262,9 @@ class BaseDeepEstimator(BaseEstimator):
             self.n_channels_ = source.channels
             self.input_dtype_ = np.dtype(source.dtype).name
 
-    def _resolve_training_config(self, n_samples, device, *, backbone=None,
-                                 max_epochs=None) -> dict:
+    def _resolve_training_config(
+        self, n_samples, device, *, backbone=None, max_epochs=None
+    ) -> dict:
         """Every 'auto' made concrete for the fitted input and ``device``.
 
         ``backbone`` and ``max_epochs`` override the choices (models saved in
@@ -304,8 +320,9 @@ class BaseDeepEstimator(BaseEstimator):
             strength = 0.5 if side <= 64 else 1.0
         crop_scale = self.crop_scale
         if crop_scale == "auto":
-            crop_scale = (0.3, 1.0) if side <= 16 else (0.2, 1.0) if side <= 32 else (
-                0.08, 1.0)
+            crop_scale = (
+                (0.3, 1.0) if side <= 16 else (0.2, 1.0) if side <= 32 else (0.08, 1.0)
+            )
         blur = self.blur if self.blur != "auto" else side > 64
         hflip = self.hflip if self.hflip != "auto" else self.n_channels_ == 3
         return {
@@ -320,9 +337,10 @@ class BaseDeepEstimator(BaseEstimator):
         settings = self.training_config_["augment"]
         if settings is None:
             return FeatureAugment()
-        return SimCLRAugment(self.image_size_, **{
-            **settings, "crop_scale": tuple(settings["crop_scale"])
-        })
+        return SimCLRAugment(
+            self.image_size_,
+            **{**settings, "crop_scale": tuple(settings["crop_scale"])},
+        )
 
     def _fit_scaler(self, scaler, source):
         """Input statistics from (a sample of) the training data."""
@@ -336,8 +354,9 @@ class BaseDeepEstimator(BaseEstimator):
         if sample.dtype == torch.uint8:
             scaler.set_unit_range(0.0, 255.0)
         else:
-            scaler.set_unit_range(min(0.0, float(sample.min())),
-                                  max(1.0, float(sample.max())))
+            scaler.set_unit_range(
+                min(0.0, float(sample.min())), max(1.0, float(sample.max()))
+            )
         scaler.set_statistics(scaler.to_unit(sample), step="standardize")
 
     def _build_net(self, model, device, seed) -> ContrastiveNet:
@@ -347,8 +366,11 @@ class BaseDeepEstimator(BaseEstimator):
         if precision == "auto":
             # bf16 is native from Ampere (compute capability 8) on; older GPUs
             # emulate it.
-            precision = "bf16" if gpu and torch.cuda.get_device_capability(device)[0] >= 8 \
+            precision = (
+                "bf16"
+                if gpu and torch.cuda.get_device_capability(device)[0] >= 8
                 else "fp32"
+            )
         channels_last = gpu and self.input_kind_ == "image"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -389,10 +411,19 @@ class BaseDeepEstimator(BaseEstimator):
             callbacks.append(("progress", EpochProgress()))
         if self.grad_clip_norm is not None:
             callbacks.append(("grad_clip", GradientNormClipping(self.grad_clip_norm)))
-        schedule = LRFactor(config["max_epochs"], cosine=self.cosine_schedule,
-                            after=self._later_stage_lr() / config["lr"])
-        callbacks.append(("lr_schedule", LRScheduler(
-            policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=schedule)))
+        schedule = LRFactor(
+            config["max_epochs"],
+            cosine=self.cosine_schedule,
+            after=self._later_stage_lr() / config["lr"],
+        )
+        callbacks.append(
+            (
+                "lr_schedule",
+                LRScheduler(
+                    policy=torch.optim.lr_scheduler.LambdaLR, lr_lambda=schedule
+                ),
+            )
+        )
         return callbacks + list(self.callbacks or [])
 
     def _later_stage_lr(self) -> float:
@@ -407,7 +438,9 @@ class BaseDeepEstimator(BaseEstimator):
 
     def _forget(self) -> None:
         """Leave the estimator unfitted: its fitted attributes would not match."""
-        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+        for name in [
+            n for n in vars(self) if n.endswith("_") and not n.startswith("_")
+        ]:
             delattr(self, name)
 
     # --------------------------------------------------------------- inference
@@ -416,12 +449,22 @@ class BaseDeepEstimator(BaseEstimator):
         image = self.input_kind_ == "image"
         channels = self.n_channels_ if image else None
         image_size = self.image_size_ if image else None
-        source = read_input(X, image_size=image_size, channels=channels,
-                            data_format=self.data_format, on_error=self.on_error,
-                            allow_tabular=not image, min_readable=0)
+        source = read_input(
+            X,
+            image_size=image_size,
+            channels=channels,
+            data_format=self.data_format,
+            on_error=self.on_error,
+            allow_tabular=not image,
+            min_readable=0,
+        )
         check_matches(
-            source, kind=self.input_kind_, channels=channels, size=image_size,
-            owner=type(self).__name__, source_shape=self.input_shape_,
+            source,
+            kind=self.input_kind_,
+            channels=channels,
+            size=image_size,
+            owner=type(self).__name__,
+            source_shape=self.input_shape_,
             n_features=getattr(self, "n_features_in_", None),
         )
         return source
@@ -536,25 +579,34 @@ class BaseDeepEstimator(BaseEstimator):
             for name, tensor in self._model().state_dict().items()
         }
         attributes = {
-            name: encode_tree(value, tensors, _ATTRIBUTE_PREFIX + name,
-                              where=f"attribute {name}")
+            name: encode_tree(
+                value, tensors, _ATTRIBUTE_PREFIX + name, where=f"attribute {name}"
+            )
             for name, value in vars(self).items()
-            if name.endswith("_") and not name.startswith("_")
+            if name.endswith("_")
+            and not name.startswith("_")
             and name not in _REBUILT_ATTRIBUTES
         }
-        history = encode_tree(self.history_.to_list(), tensors, "history",
-                              where="the history")
+        history = encode_tree(
+            self.history_.to_list(), tensors, "history", where="the history"
+        )
         write_json(directory / HISTORY_FILE, history)
-        write_document(directory, CONFIG_FILE, {
-            "format": MODEL_FORMAT,
-            "format_version": MODEL_FORMAT_VERSION,
-            "deepclust_version": __version__,
-            "class": type(self).__name__,
-            "params": params,
-            "attributes": attributes,
-            "history_file": HISTORY_FILE,
-            "history_sha256": sha256_file(directory / HISTORY_FILE),
-        }, tensors, WEIGHTS_FILE)
+        write_document(
+            directory,
+            CONFIG_FILE,
+            {
+                "format": MODEL_FORMAT,
+                "format_version": MODEL_FORMAT_VERSION,
+                "deepclust_version": __version__,
+                "class": type(self).__name__,
+                "params": params,
+                "attributes": attributes,
+                "history_file": HISTORY_FILE,
+                "history_sha256": sha256_file(directory / HISTORY_FILE),
+            },
+            tensors,
+            WEIGHTS_FILE,
+        )
 
     @classmethod
     def load(cls, path, *, device=None):
@@ -595,38 +647,55 @@ def load_estimator(path, *, device=None):
     what = f"cannot load a deepclust model from {str(path)!r}"
     if not directory.is_dir():
         raise ValueError(f"{what}: it is not a directory (save() writes a directory).")
-    config, tensors = read_document(directory, CONFIG_FILE, format_name=MODEL_FORMAT,
-                                    version=MODEL_FORMAT_VERSION, what=what)
+    config, tensors = read_document(
+        directory,
+        CONFIG_FILE,
+        format_name=MODEL_FORMAT,
+        version=MODEL_FORMAT_VERSION,
+        what=what,
+    )
     try:
         class_name = config["class"]
         params = decode_tree(config["params"], {})
         history_file, history_sha256 = config["history_file"], config["history_sha256"]
         stored_attributes = config["attributes"]
         # Format 1 stored only the backbone and epochs that were chosen.
-        resolved = decode_tree(config["resolved"], {}) if config["format_version"] == 1 \
+        resolved = (
+            decode_tree(config["resolved"], {})
+            if config["format_version"] == 1
             else None
+        )
     except (KeyError, TypeError) as exc:
         raise ValueError(
             f"{what}: config.json lacks the entry {exc}; it was edited or truncated."
         ) from None
     if not isinstance(history_file, str) or Path(history_file).name != history_file:
-        raise ValueError(f"{what}: config.json names the file {history_file!r}, which "
-                         "is not a plain file name.")
-    estimator_class = _ESTIMATOR_CLASSES.get(class_name) if isinstance(
-        class_name, str) else None
+        raise ValueError(
+            f"{what}: config.json names the file {history_file!r}, which "
+            "is not a plain file name."
+        )
+    estimator_class = (
+        _ESTIMATOR_CLASSES.get(class_name) if isinstance(class_name, str) else None
+    )
     if estimator_class is None:
-        raise ValueError(f"{what}: unknown estimator class {class_name!r}; expected one "
-                         f"of {sorted(_ESTIMATOR_CLASSES)}.")
-    if (not (directory / history_file).is_file()
-            or sha256_file(directory / history_file) != history_sha256):
+        raise ValueError(
+            f"{what}: unknown estimator class {class_name!r}; expected one "
+            f"of {sorted(_ESTIMATOR_CLASSES)}."
+        )
+    if (
+        not (directory / history_file).is_file()
+        or sha256_file(directory / history_file) != history_sha256
+    ):
         raise ValueError(
             f"{what}: {history_file} is missing or does not match the SHA-256 recorded "
             "when it was saved; it was modified, truncated or replaced."
         )
     try:
         history = decode_tree(read_json(directory / history_file, what), tensors)
-        attributes = {name: decode_tree(value, tensors)
-                      for name, value in stored_attributes.items()}
+        attributes = {
+            name: decode_tree(value, tensors)
+            for name, value in stored_attributes.items()
+        }
     except KeyError as exc:
         raise ValueError(
             f"{what}: the weights file lacks the tensor {exc} named in the JSON files."
@@ -651,7 +720,9 @@ def load_estimator(path, *, device=None):
     try:
         if resolved is not None:
             estimator.training_config_ = estimator._resolve_training_config(
-                None, target, backbone=resolved["backbone"],
+                None,
+                target,
+                backbone=resolved["backbone"],
                 max_epochs=resolved["max_epochs"],
             )
         description = estimator.training_config_["model"]
@@ -668,8 +739,11 @@ def load_estimator(path, *, device=None):
             f"{what}: the parameters in config.json ({expected}) do not match the "
             f"stored network description ({stored}); config.json was edited."
         )
-    weights = {name[len(_MODULE_PREFIX):]: tensor for name, tensor in tensors.items()
-               if name.startswith(_MODULE_PREFIX)}
+    weights = {
+        name[len(_MODULE_PREFIX) :]: tensor
+        for name, tensor in tensors.items()
+        if name.startswith(_MODULE_PREFIX)
+    }
     check_state_dict(model.state_dict(), weights, what)
     model.load_state_dict(weights)
     estimator.net_ = estimator._build_net(model, target, 0)
@@ -703,12 +777,14 @@ def _params_to_json(estimator) -> dict:
         if name == "callbacks" and value is not None:
             raise ValueError(
                 "callbacks cannot be saved without pickle (they are code); they only "
-                "matter for training: call est.set_params(callbacks=None) before save(), "
+                "matter for training: call est.set_params(callbacks=None) before "
+                "save(), "
                 "or use pickle/joblib."
             )
         if name == "backbone" and callable(value):
             raise ValueError(
-                f"backbone={value!r} is a callable, which cannot be saved without pickle "
+                f"backbone={value!r} is a callable, which cannot be saved without "
+                "pickle "
                 "(it is code); save() needs a named backbone ('resnet18', 'resnet34', "
                 "'resnet50', 'small_cnn' or 'mlp'). Use pickle/joblib instead."
             )

@@ -1,4 +1,4 @@
-"""ContrastiveDisentangler: Contrastive Disentangling (CD) as a scikit-learn transformer."""
+"""ContrastiveDisentangler: Contrastive Disentangling (CD) as a transformer."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from deepclust.losses import CDLoss
 from deepclust.objectives import CDObjective
 
 
-class ContrastiveDisentangler(Float32TransformerMixin, ClassNamePrefixFeaturesOutMixin,
-                              BaseDeepEstimator):
+class ContrastiveDisentangler(
+    Float32TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseDeepEstimator
+):
     """Contrastive Disentangling (CD): K sigmoid feature heads, no number of classes.
 
     A backbone f, an instance projector g and a feature predictor h (f -> g -> h)
@@ -117,7 +118,8 @@ callable, default="auto"
         row per input, in input order: skipped files get label -1 and NaN rows
         (``skipped_indices_`` lists those left out of training).
     callbacks : list of skorch callbacks, default=None
-        Extra callbacks for the skorch net (e.g. ``EarlyStopping(monitor="train_loss")``).
+        Extra callbacks for the skorch net, e.g.
+        ``EarlyStopping(monitor="train_loss")``.
     checkpoint_dir : str or path-like, default=None
         Directory where training checkpoints are written (model, optimizer,
         learning-rate schedule, random generators and history, as safetensors +
@@ -277,8 +279,9 @@ callable, default="auto"
         return {"projection_dim": self.projection_dim, "n_heads": self.n_heads}
 
     def _build_objective(self, channels_last):
-        loss = CDLoss(self.instance_temperature, self.feature_temperature,
-                      self.entropy_weight)
+        loss = CDLoss(
+            self.instance_temperature, self.feature_temperature, self.entropy_weight
+        )
         return CDObjective(loss, self._augment(), channels_last)
 
     def transform(self, X):
@@ -329,7 +332,7 @@ callable, default="auto"
 def view_matching_accuracy(first, second) -> float:
     """Fraction of rows whose nearest row (cosine) in the paired batch is their own."""
     hits = total = 0
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         a = torch.nn.functional.normalize(a, dim=1)
         b = torch.nn.functional.normalize(b, dim=1)
         hits += int((a @ b.T).argmax(dim=1).eq(torch.arange(len(a))).sum())

@@ -23,8 +23,12 @@ from deepclust.objectives import CDCObjective
 
 # Float32TransformerMixin comes before ClusterMixin, whose tags would otherwise
 # reset preserves_dtype to [] (KMeans-style transforms return distances).
-class CDCClusterer(Float32TransformerMixin, ClusterMixin, ClassNamePrefixFeaturesOutMixin,
-                   BaseDeepEstimator):
+class CDCClusterer(
+    Float32TransformerMixin,
+    ClusterMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    BaseDeepEstimator,
+):
     """Contrastive representation Disentanglement for Clustering (CDC).
 
     The projection of every image is split into a cluster part z^c (n_clusters
@@ -153,7 +157,8 @@ callable, default="auto"
         row per input, in input order: skipped files get label -1 and NaN rows
         (``skipped_indices_`` lists those left out of training).
     callbacks : list of skorch callbacks, default=None
-        Extra callbacks for the skorch net (e.g. ``EarlyStopping(monitor="train_loss")``).
+        Extra callbacks for the skorch net, e.g.
+        ``EarlyStopping(monitor="train_loss")``.
     checkpoint_dir : str or path-like, default=None
         Directory where training checkpoints are written (model, optimizer,
         learning-rate schedule, random generators and history, as safetensors +
@@ -346,8 +351,11 @@ callable, default="auto"
         return source
 
     def _head_params(self):
-        return {"n_clusters": self.n_clusters, "instance_dim": self.instance_dim,
-                "cluster_temperature": self.cluster_temperature}
+        return {
+            "n_clusters": self.n_clusters,
+            "instance_dim": self.instance_dim,
+            "cluster_temperature": self.cluster_temperature,
+        }
 
     def _build_objective(self, channels_last):
         loss = CDCLoss(
@@ -362,14 +370,17 @@ callable, default="auto"
         augment = self._augment()
         strong = None
         if self.self_label_epochs:
-            # Tabular rows have no image operations: feature noise plays the strong view.
+            # Tabular rows have no image operations: feature noise is the strong view.
             strong = (
                 StrongAugment(flip_p=augment.flip_p)
                 if self.input_kind_ == "image"
                 else augment
             )
         return CDCObjective(
-            loss, augment, strong, ConfidenceBasedCE(self.self_label_threshold),
+            loss,
+            augment,
+            strong,
+            ConfidenceBasedCE(self.self_label_threshold),
             n_cluster_epochs=self.training_config_["max_epochs"],
             channels_last=channels_last,
         )
@@ -381,8 +392,9 @@ callable, default="auto"
         return self.self_label_lr
 
     def _after_fit(self, source):
-        probabilities = self.net_.outputs(source, ["probabilities"],
-                                          self.predict_batch_size)[0]
+        probabilities = self.net_.outputs(
+            source, ["probabilities"], self.predict_batch_size
+        )[0]
         self.labels_ = labels_from_proba(probabilities)
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=self.n_clusters
@@ -449,7 +461,7 @@ callable, default="auto"
         return self.n_clusters
 
     def score(self, X, y=None):
-        """Cluster consistency under augmentation times cluster balance (higher is better).
+        """Cluster consistency under augmentation times balance (higher is better).
 
         Each sample is augmented twice with a fixed seed; the score is the fraction
         whose two views fall in the same cluster, multiplied by the normalised
@@ -474,4 +486,3 @@ callable, default="auto"
         shares = sizes[sizes > 0].float() / sizes.sum()
         balance = float(-(shares * shares.log()).sum() / np.log(self.n_clusters))
         return max(0.0, agreement * balance)  # never -0.0 for a single cluster
-

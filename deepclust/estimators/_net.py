@@ -122,7 +122,9 @@ class InputDataset(torch.utils.data.Dataset):
         return self.source.n_samples
 
     def __getitem__(self, indices):
-        return torch.from_numpy(self.source.read(list(indices))), torch.as_tensor(indices)
+        return torch.from_numpy(self.source.read(list(indices))), torch.as_tensor(
+            indices
+        )
 
 
 def _device_budget(device: torch.device) -> int:
@@ -144,7 +146,9 @@ class EpochProgress(Callback):
         from tqdm.auto import tqdm
 
         done = len(net.history)
-        self.bar_ = tqdm(total=net.max_epochs, initial=done, desc="epochs", unit="epoch")
+        self.bar_ = tqdm(
+            total=net.max_epochs, initial=done, desc="epochs", unit="epoch"
+        )
 
     def on_epoch_end(self, net, **kwargs):
         self.bar_.update(1)
@@ -211,8 +215,11 @@ def restore_generators(net, saved: dict) -> None:
     """Set the net's generators from :func:`generator_state` descriptions."""
     for offset, name in enumerate(GENERATORS):
         if name in saved:
-            setattr(net, name,
-                    make_generator(saved[name], net.device, net.generator_seed + offset))
+            setattr(
+                net,
+                name,
+                make_generator(saved[name], net.device, net.generator_seed + offset),
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +250,7 @@ class ContrastiveNet(NeuralNet):
         self.generator_seed = generator_seed
 
     def initialize(self):
-        """Initialise as skorch does, then seed the shuffling and augmentation generators.
+        """Initialise as skorch does, then seed the shuffling and augmentation RNGs.
 
         The generators are neither modules, criteria nor optimizers, so no
         ``initialize_*`` hook of skorch fits them; seeding them here restarts
@@ -259,16 +266,22 @@ class ContrastiveNet(NeuralNet):
 
     def get_iterator(self, dataset, training=False):
         if training and dataset.tensor is not None:
-            return DeviceBatches(dataset.tensor, self.batch_size, self.shuffle_generator_)
+            return DeviceBatches(
+                dataset.tensor, self.batch_size, self.shuffle_generator_
+            )
         sampler = torch.utils.data.BatchSampler(
             torch.utils.data.RandomSampler(dataset, generator=self.shuffle_generator_)
-            if training else torch.utils.data.SequentialSampler(dataset),
+            if training
+            else torch.utils.data.SequentialSampler(dataset),
             self.batch_size,
             # A lone trailing sample cannot be contrasted and breaks BatchNorm.
             drop_last=training and len(dataset) % self.batch_size == 1,
         )
         return torch.utils.data.DataLoader(
-            dataset, sampler=sampler, batch_size=None, **self.get_params_for("iterator_train")
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            **self.get_params_for("iterator_train"),
         )
 
     def torch_compile(self, module, name):
@@ -279,15 +292,18 @@ class ContrastiveNet(NeuralNet):
     def autocast(self):
         """Autocast context for the configured precision (a no-op for fp32)."""
         device_type = torch.device(self.device).type
-        return torch.autocast(device_type, dtype=self.precision_dtype or torch.float32,
-                              enabled=self.precision_dtype is not None)
+        return torch.autocast(
+            device_type,
+            dtype=self.precision_dtype or torch.float32,
+            enabled=self.precision_dtype is not None,
+        )
 
     def unwrapped_module(self):
         """The model without a torch.compile wrapper."""
         return getattr(self.module_, "_orig_mod", self.module_)
 
     def to_unit(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw input on any device -> the unit range on the net's device (no gradient)."""
+        """Raw input on any device -> unit range on the net's device (no gradient)."""
         raw = raw.to(self.device, non_blocking=True)
         with torch.no_grad():
             return self.unwrapped_module().scaler.to_unit(raw)
@@ -298,7 +314,9 @@ class ContrastiveNet(NeuralNet):
         unit = self.to_unit(batch[0])
         epoch = len(self.history) - 1
         with self.autocast():
-            loss, parts = self.criterion_(self.module_, unit, self.augment_generator_, epoch)
+            loss, parts = self.criterion_(
+                self.module_, unit, self.augment_generator_, epoch
+            )
         if loss is None:
             # Nothing to learn from this batch (e.g. no confident pseudo-label):
             # leave gradients unset so the optimiser skips every parameter.
@@ -311,7 +329,8 @@ class ContrastiveNet(NeuralNet):
             self.optimizer_.zero_grad(set_to_none=True)
             batch_index = len(self.history[-1]["batches"])
             raise TrainingDivergedError(
-                f"The training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                f"The training loss became {float(loss.detach())} at epoch "
+                f"{epoch + 1}, "
                 f"batch {batch_index}. Try a lower lr, gradient clipping "
                 "(grad_clip_norm=1.0) or precision='fp32'."
             )
@@ -363,10 +382,10 @@ class ContrastiveNet(NeuralNet):
             for unit in self._unit_batches(source, batch_size):
                 if self.criterion_.channels_last:
                     unit = unit.contiguous(memory_format=torch.channels_last)
-                for part, value in zip(parts, model(unit, tuple(names))):
+                for part, value in zip(parts, model(unit, tuple(names)), strict=True):
                     part.append(value.cpu())
         results = []
-        for name, part in zip(names, parts):
+        for name, part in zip(names, parts, strict=True):
             values = torch.cat(part)[: source.n_samples]
             values = values.float() if values.is_floating_point() else values
             fill = -1 if name == "labels" else np.nan
@@ -400,7 +419,10 @@ class ContrastiveNet(NeuralNet):
         return state
 
     def __setstate__(self, state):
-        saved = {name: state.pop(name) for name in GENERATORS
-                 if isinstance(state.get(name), dict)}
+        saved = {
+            name: state.pop(name)
+            for name in GENERATORS
+            if isinstance(state.get(name), dict)
+        }
         super().__setstate__(state)
         restore_generators(self, saved)

@@ -233,8 +233,11 @@ def read_checkpoint(directory) -> dict | None:
         return None
     what = f"resume=True: cannot read the checkpoint in {str(directory)!r}"
     content, tensors = read_document(
-        directory, CHECKPOINT_FILE, format_name=CHECKPOINT_FORMAT,
-        version=CHECKPOINT_FORMAT_VERSION, what=what,
+        directory,
+        CHECKPOINT_FILE,
+        format_name=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_FORMAT_VERSION,
+        what=what,
     )
     try:
         # The fingerprint stays encoded: it is compared with a fresh encoded one.
@@ -334,8 +337,16 @@ def _restore_training_state(net, checkpoint, directory) -> None:
 # ---------------------------------------------------------------------------
 
 
-def fit_net(net, dataset, *, checkpoint_dir=None, checkpoint_every=1, resume=False,
-            fit_description=None, n_user_callbacks=0) -> BaseException | None:
+def fit_net(
+    net,
+    dataset,
+    *,
+    checkpoint_dir=None,
+    checkpoint_every=1,
+    resume=False,
+    fit_description=None,
+    n_user_callbacks=0,
+) -> BaseException | None:
     """Train ``net`` on ``dataset``, resuming and recovering as configured.
 
     Parameters
@@ -373,7 +384,9 @@ def fit_net(net, dataset, *, checkpoint_dir=None, checkpoint_every=1, resume=Fal
 
     checkpoint = read_checkpoint(checkpoint_dir) if resume else None
     if checkpoint is not None:
-        _check_fingerprint(checkpoint["fit"] or {}, recovery.fingerprint, checkpoint_dir)
+        _check_fingerprint(
+            checkpoint["fit"] or {}, recovery.fingerprint, checkpoint_dir
+        )
         net.initialize()
         _restore_training_state(net, checkpoint, checkpoint_dir)
         recovery.scheduler_state_ = checkpoint["lr_scheduler"]
@@ -412,9 +425,10 @@ def fit_net(net, dataset, *, checkpoint_dir=None, checkpoint_every=1, resume=Fal
         kept = recovery.snapshot_epoch_
         if not interrupted:
             return TrainingDivergedError(
-                f"The weights became NaN or infinite at epoch {recovery.completed_epoch_}; "
-                f"the estimator keeps the weights of epoch {kept}, the last finite ones. "
-                "Try a lower lr, gradient clipping (grad_clip_norm=1.0) or precision='fp32'."
+                "The weights became NaN or infinite at epoch "
+                f"{recovery.completed_epoch_}; the estimator keeps the weights of "
+                f"epoch {kept}, the last finite ones. Try a lower lr, gradient "
+                "clipping (grad_clip_norm=1.0) or precision='fp32'."
             )
         hint = ""
         if recovery.checkpoint_epoch_ is not None or checkpoint is not None:

@@ -9,8 +9,14 @@ from sklearn.pipeline import make_pipeline
 from deepclust import ContrastiveDisentangler
 from deepclust.backbones import MLP
 
-TINY = {"n_heads": 6, "projection_dim": 4, "max_epochs": 2, "batch_size": 16,
-        "device": "cpu", "random_state": 0}
+TINY = {
+    "n_heads": 6,
+    "projection_dim": 4,
+    "max_epochs": 2,
+    "batch_size": 16,
+    "device": "cpu",
+    "random_state": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +92,9 @@ def test_entropy_weight_zero_drops_entropy_term(blobs):
 def test_pipeline_with_kmeans(blobs):
     # Check that CD heads feed KMeans in a Pipeline and the blobs stay separable.
     X, y = blobs
-    pipeline = make_pipeline(ContrastiveDisentangler(**TINY),
-                             KMeans(3, n_init=3, random_state=0))
+    pipeline = make_pipeline(
+        ContrastiveDisentangler(**TINY), KMeans(3, n_init=3, random_state=0)
+    )
     labels = pipeline.fit_predict(X)
     assert labels.shape == (60,)
     assert len(np.unique(labels)) == 3
@@ -95,8 +102,9 @@ def test_pipeline_with_kmeans(blobs):
 
 def test_grid_search_entropy_weight(blobs):
     # Check that GridSearchCV can select entropy_weight with the estimator's own score.
-    search = GridSearchCV(ContrastiveDisentangler(**TINY),
-                          {"entropy_weight": [0.5, 1.0]}, cv=2)
+    search = GridSearchCV(
+        ContrastiveDisentangler(**TINY), {"entropy_weight": [0.5, 1.0]}, cv=2
+    )
     search.fit(blobs[0])
     assert search.best_params_["entropy_weight"] in (0.5, 1.0)
     scores = search.cv_results_["mean_test_score"]

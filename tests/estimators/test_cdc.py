@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -11,8 +10,14 @@ from sklearn.preprocessing import StandardScaler
 from deepclust import CDCClusterer
 from deepclust.backbones import MLP
 
-TINY = {"n_clusters": 3, "instance_dim": 5, "max_epochs": 3, "batch_size": 16,
-        "device": "cpu", "random_state": 0}
+TINY = {
+    "n_clusters": 3,
+    "instance_dim": 5,
+    "max_epochs": 3,
+    "batch_size": 16,
+    "device": "cpu",
+    "random_state": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +44,9 @@ def test_labels(cdc, blobs):
 def test_fit_predict_equals_fit_then_predict(blobs):
     # Check that fit_predict(X) equals fit(X).predict(X).
     X = blobs[0]
-    np.testing.assert_array_equal(CDCClusterer(**TINY).fit_predict(X),
-                                  CDCClusterer(**TINY).fit(X).predict(X))
+    np.testing.assert_array_equal(
+        CDCClusterer(**TINY).fit_predict(X), CDCClusterer(**TINY).fit(X).predict(X)
+    )
 
 
 def test_predict_proba(cdc, blobs):
@@ -68,8 +74,9 @@ def test_cluster_sizes(cdc):
     # Check that cluster_sizes_ counts the training labels of every cluster.
     assert cdc.cluster_sizes_.shape == (3,)
     assert cdc.cluster_sizes_.sum() == 60
-    np.testing.assert_array_equal(cdc.cluster_sizes_,
-                                  np.bincount(cdc.labels_, minlength=3))
+    np.testing.assert_array_equal(
+        cdc.cluster_sizes_, np.bincount(cdc.labels_, minlength=3)
+    )
 
 
 @pytest.mark.parametrize(
@@ -106,17 +113,27 @@ def test_history_records_loss_parts(cdc):
 def _batch_losses(history_batches):
     """Per-batch (train_loss, instance + 5 * cluster, self_label or 0) arrays."""
     total = np.array([batch["train_loss"] for batch in history_batches])
-    cdc_part = np.array([batch["instance_loss"] + 5.0 * batch["cluster_loss"]
-                         for batch in history_batches])
-    self_label = np.array([batch.get("self_label_loss", 0.0) for batch in history_batches])
+    cdc_part = np.array(
+        [
+            batch["instance_loss"] + 5.0 * batch["cluster_loss"]
+            for batch in history_batches
+        ]
+    )
+    self_label = np.array(
+        [batch.get("self_label_loss", 0.0) for batch in history_batches]
+    )
     return total, cdc_part, self_label
 
 
 def test_self_labelling_with_confident_samples(blobs):
     # Check that self-labelling epochs follow the clustering epochs, at
     # self_label_lr, and add the self-labelling loss to the CDC loss.
-    cdc = CDCClusterer(**{**TINY, "max_epochs": 1}, self_label_epochs=1,
-                       self_label_threshold=0.0, self_label_lr=1e-5)
+    cdc = CDCClusterer(
+        **{**TINY, "max_epochs": 1},
+        self_label_epochs=1,
+        self_label_threshold=0.0,
+        self_label_lr=1e-5,
+    )
     cdc.fit(blobs[0])
     assert cdc.n_epochs_ == 2
     first, last = cdc.history_[0, "batches"], cdc.history_[-1, "batches"]
@@ -133,8 +150,9 @@ def test_self_labelling_without_confident_samples(blobs):
     # Check that self-labelling batches without confident samples train on the
     # CDC loss alone, without error. With 3 clusters and t=0.1 no probability
     # exceeds 0.99999, whatever the model.
-    cdc = CDCClusterer(**{**TINY, "max_epochs": 1}, self_label_epochs=1,
-                       self_label_threshold=0.999999)
+    cdc = CDCClusterer(
+        **{**TINY, "max_epochs": 1}, self_label_epochs=1, self_label_threshold=0.999999
+    )
     cdc.fit(blobs[0])
     assert cdc.n_epochs_ == 2
     last = cdc.history_[-1, "batches"]
@@ -180,8 +198,9 @@ def test_grid_search(blobs, scoring):
     # estimator's own score, or with the ARI when labels are given.
     X, y = blobs
     grid = {"temperature": [0.15, 0.5], "cluster_weight": [1.0, 5.0]}
-    search = GridSearchCV(CDCClusterer(**{**TINY, "max_epochs": 1}), grid, cv=2,
-                          scoring=scoring)
+    search = GridSearchCV(
+        CDCClusterer(**{**TINY, "max_epochs": 1}), grid, cv=2, scoring=scoring
+    )
     search.fit(X, y)
     scores = search.cv_results_["mean_test_score"]
     assert len(scores) == 4
