@@ -36,6 +36,7 @@ __all__ = [
     "iter_batches",
     "labels_from_proba",
     "read_input",
+    "shard_input",
 ]
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -715,6 +716,56 @@ def iter_batches(inp, batch_size):
     check_positive_int(batch_size, "batch_size")
     for start in range(0, inp.n_samples, batch_size):
         yield start, inp.read(slice(start, start + batch_size))
+
+
+def shard_input(X, rank, world_size, *, name="X"):
+    """The share of X one process of a distributed job reads: every
+    ``world_size``-th input, starting at ``rank``.
+
+    Interleaving (rather than cutting X in blocks) gives every process a similar
+    mix when X is sorted, e.g. by class. Only the share is read: a folder or a
+    list of files becomes the list of this process's files, and a (memory-mapped)
+    array the copy of this process's rows.
+
+    Parameters
+    ----------
+    X : array-like, str, os.PathLike or list
+        Any input accepted by :func:`read_input`.
+    rank, world_size : int
+        This process and the number of processes.
+    name : str, default="X"
+
+    Returns
+    -------
+    X_local : array or list
+        This process's inputs, to pass to :func:`read_input`.
+    positions : ndarray of int
+        Their positions in X.
+    n_inputs : int
+        Number of inputs of X.
+    input_paths : list of str or None
+        Every file of X, in input order, when X names files.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X_local, positions, n, _ = shard_input(np.arange(10).reshape(5, 2), 1, 2)
+    >>> X_local.tolist(), positions.tolist(), n
+    ([[2, 3], [6, 7]], [1, 3], 5)
+    """
+    if isinstance(X, (str, os.PathLike)):
+        X = _resolve_path(X, name)
+    if isinstance(X, (list, tuple)):
+        positions = np.arange(rank, len(X), world_size)
+        paths = None
+        if X and all(isinstance(item, (str, os.PathLike)) for item in X):
+            paths = [os.fspath(item) for item in X]
+        return [X[i] for i in positions], positions, len(X), paths
+    array = X if isinstance(X, np.ndarray) else np.asarray(X)
+    if array.ndim == 0:
+        return X, np.arange(0), 0, None  # read_input explains what is wrong
+    positions = np.arange(rank, len(array), world_size)
+    return array[positions], positions, len(array), None
 
 
 def labels_from_proba(proba):

@@ -17,6 +17,7 @@ __all__ = [
     "CDCProjectionHead",
     "FeaturePredictor",
     "InstanceProjector",
+    "RowStableSigmoid",
     "split_projection",
 ]
 
@@ -52,6 +53,20 @@ class InstanceProjector(nn.Sequential):
         )
 
 
+class RowStableSigmoid(nn.Module):
+    """Sigmoid computed in float64 and rounded back to the input's dtype.
+
+    torch's vectorised float32 sigmoid computes the last elements of a tensor
+    (those that do not fill a SIMD register) on another code path, so an
+    activation could change by one unit in the last place with the position of
+    its row in the batch; in float64 that difference disappears when rounding,
+    and ``transform`` gives every sample the same values whatever its row.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x.double()).to(x.dtype)
+
+
 class FeaturePredictor(nn.Sequential):
     """CD's feature predictor h: K sigmoid feature heads on top of g's output.
 
@@ -85,7 +100,7 @@ class FeaturePredictor(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, n_heads, bias=False),
             nn.BatchNorm1d(n_heads),
-            nn.Sigmoid(),
+            RowStableSigmoid(),
         )
 
 

@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepclust import distributed
+from deepclust.distributed import gather_rows
+
 # CDCLoss reads the projection in the head's layout; re-exported for users.
 from deepclust.heads import split_projection
 
@@ -60,6 +63,7 @@ def nt_xent(
     temperature: float,
     *,
     normalize: bool = True,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """NT-Xent over two aligned sets of rows (CD Eq. 1-4 and 5-8).
 
@@ -75,6 +79,10 @@ def nt_xent(
     normalize : bool, default=True
         L2-normalise the rows first, so logits are cosine similarities (Eq. 2, 6).
         CDC passes ``False`` because it normalises its two parts separately.
+    gather_distributed : bool, default=False
+        Under torch.distributed, contrast this process's anchors with the rows of
+        every process (the global batch), and weight the local mean so that the
+        mean over processes is the global loss (see :mod:`deepclust.distributed`).
 
     Returns
     -------
@@ -90,17 +98,28 @@ def nt_xent(
     """
     temperature = _check_temperature(temperature, "temperature")
     with torch.autocast(device_type=rows_a.device.type, enabled=False):
-        rows = torch.cat([rows_a, rows_b], dim=0).float()
+        rows_a, rows_b = rows_a.float(), rows_b.float()
         if normalize:
-            rows = F.normalize(rows, dim=1)
-        n_items = rows_a.shape[0]
-        logits = rows @ rows.T / temperature
+            rows_a, rows_b = F.normalize(rows_a, dim=1), F.normalize(rows_b, dim=1)
+        n_local = rows_a.shape[0]
+        all_a, all_b, offset = rows_a, rows_b, 0
+        if gather_distributed:
+            all_a, sizes = gather_rows(rows_a)
+            all_b = gather_rows(rows_b)[0]
+            # This process's anchors are the global rows offset .. offset + n_local.
+            offset = sum(sizes[: distributed.rank()])
+        n_items = all_a.shape[0]
+        anchors = torch.cat([rows_a, rows_b], dim=0)
+        logits = anchors @ torch.cat([all_a, all_b], dim=0).T / temperature
+        local = torch.arange(n_local, device=anchors.device) + offset
+        own = torch.cat([local, local + n_items])
         # Excluding self-similarity with -inf keeps exactly the k != i terms of Eq. 3.
-        self_mask = torch.eye(2 * n_items, dtype=torch.bool, device=rows.device)
-        logits = logits.masked_fill(self_mask, float("-inf"))
-        index = torch.arange(n_items, device=rows.device)
-        positives = torch.cat([index + n_items, index])
-        return F.cross_entropy(logits, positives)
+        logits[torch.arange(2 * n_local, device=anchors.device), own] = float("-inf")
+        positives = torch.cat([local + n_items, local])
+        loss = F.cross_entropy(logits, positives)
+        if gather_distributed:
+            loss = loss * distributed.local_weight(n_local, anchors.device)
+        return loss
 
 
 class InstanceContrastiveLoss(nn.Module):
@@ -110,15 +129,22 @@ class InstanceContrastiveLoss(nn.Module):
     ----------
     temperature : float, default=0.5
         tau_inst of the paper.
+    gather_distributed : bool, default=False
+        Contrast with the projections of every process (see :func:`nt_xent`).
     """
 
-    def __init__(self, temperature: float = 0.5) -> None:
+    def __init__(
+        self, temperature: float = 0.5, gather_distributed: bool = False
+    ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature, "temperature")
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         """Loss between projections ``z1``, ``z2`` of shape (N, d)."""
-        return nt_xent(z1, z2, self.temperature)
+        return nt_xent(
+            z1, z2, self.temperature, gather_distributed=self.gather_distributed
+        )
 
 
 class FeatureContrastiveLoss(nn.Module):
@@ -131,14 +157,22 @@ class FeatureContrastiveLoss(nn.Module):
     ----------
     temperature : float, default=1.0
         tau_feat of the paper.
+    gather_distributed : bool, default=False
+        Describe each head by its activations over the batches of every process
+        (the global batch); every process then computes the same loss.
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(
+        self, temperature: float = 1.0, gather_distributed: bool = False
+    ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature, "temperature")
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
         """Loss between head activations ``y1``, ``y2`` of shape (N, K)."""
+        if self.gather_distributed:
+            y1, y2 = gather_rows(y1)[0], gather_rows(y2)[0]
         return nt_xent(y1.T, y2.T, self.temperature)
 
 
@@ -162,11 +196,24 @@ def binary_entropy(probabilities: torch.Tensor, eps: float = 1e-12) -> torch.Ten
 
 
 class BinaryEntropy(nn.Module):
-    """Module form of :func:`binary_entropy` over both views' head activations."""
+    """Module form of :func:`binary_entropy` over both views' head activations.
+
+    Parameters
+    ----------
+    gather_distributed : bool, default=False
+        Average over the activations of every process (the global batch).
+    """
+
+    def __init__(self, gather_distributed: bool = False) -> None:
+        super().__init__()
+        self.gather_distributed = bool(gather_distributed)
 
     def forward(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
         """Mean normalised entropy of the stacked (2K, N) activation matrix."""
-        return binary_entropy(torch.cat([y1, y2], dim=0))
+        activations = torch.cat([y1, y2], dim=0)
+        if self.gather_distributed:
+            activations = gather_rows(activations)[0]
+        return binary_entropy(activations)
 
 
 class CDLoss(nn.Module):
@@ -180,6 +227,9 @@ class CDLoss(nn.Module):
     feature_temperature : float, default=1.0
     entropy_weight : float, default=1.0
         alpha; the reference code hard-codes 1.
+    gather_distributed : bool, default=False
+        Under torch.distributed, compute every term over the global batch of all
+        processes (see :mod:`deepclust.distributed`).
 
     Examples
     --------
@@ -197,15 +247,18 @@ class CDLoss(nn.Module):
         instance_temperature: float = 0.5,
         feature_temperature: float = 1.0,
         entropy_weight: float = 1.0,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.instance_loss = InstanceContrastiveLoss(
-            _check_temperature(instance_temperature, "instance_temperature")
+            _check_temperature(instance_temperature, "instance_temperature"),
+            gather_distributed,
         )
         self.feature_loss = FeatureContrastiveLoss(
-            _check_temperature(feature_temperature, "feature_temperature")
+            _check_temperature(feature_temperature, "feature_temperature"),
+            gather_distributed,
         )
-        self.entropy = BinaryEntropy()
+        self.entropy = BinaryEntropy(gather_distributed)
         self.entropy_weight = float(entropy_weight)
 
     def forward(
@@ -222,7 +275,11 @@ class CDLoss(nn.Module):
 
 @torch.no_grad()
 def sinkhorn(
-    scores: torch.Tensor, epsilon: float = 0.05, n_iterations: int = 3
+    scores: torch.Tensor,
+    epsilon: float = 0.05,
+    n_iterations: int = 3,
+    *,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """Equipartition soft assignments by Sinkhorn-Knopp (SwAV form, log domain).
 
@@ -239,6 +296,10 @@ def sinkhorn(
     epsilon : float, default=0.05
         Entropic regularisation; smaller means harder assignments.
     n_iterations : int, default=3
+    gather_distributed : bool, default=False
+        Under torch.distributed, balance the clusters over the global batch of
+        all processes (SwAV does the same with all-reduced marginals) and return
+        this process's rows of the global codes.
 
     Returns
     -------
@@ -255,6 +316,13 @@ def sinkhorn(
     if n_iterations < 1:
         raise ValueError(f"n_iterations must be >= 1, got {n_iterations}.")
     epsilon = _check_temperature(epsilon, "epsilon")
+    if gather_distributed and distributed.is_distributed():
+        # The scores of a batch are tiny next to the network: solving the global
+        # problem on every process equals the single-process result exactly.
+        all_scores, sizes = gather_rows(scores.detach())
+        start = sum(sizes[: distributed.rank()])
+        codes = sinkhorn(all_scores, epsilon, n_iterations)
+        return codes[start : start + len(scores)]
     with torch.autocast(device_type=scores.device.type, enabled=False):
         n_samples, n_clusters = scores.shape
         log_q = scores.detach().float().T / epsilon  # (K, B)
@@ -291,6 +359,9 @@ class CDCLoss(nn.Module):
     swapped : bool, default=True
         Use view 1's codes as targets for view 2's predictions and vice versa
         (SwAV's swapped prediction); ``False`` uses each view's own codes.
+    gather_distributed : bool, default=False
+        Under torch.distributed, contrast with the global batch of all processes
+        and balance the Sinkhorn codes over it (see :mod:`deepclust.distributed`).
 
     Examples
     --------
@@ -310,6 +381,7 @@ class CDCLoss(nn.Module):
         sinkhorn_epsilon: float = 0.05,
         sinkhorn_iterations: int = 3,
         swapped: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         if int(n_clusters) != n_clusters or n_clusters < 2:
@@ -328,6 +400,7 @@ class CDCLoss(nn.Module):
         self.sinkhorn_epsilon = _check_temperature(sinkhorn_epsilon, "sinkhorn_epsilon")
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.swapped = bool(swapped)
+        self.gather_distributed = bool(gather_distributed)
 
     def cluster_cross_entropy(
         self, z_cluster: torch.Tensor, codes: torch.Tensor
@@ -349,20 +422,31 @@ class CDCLoss(nn.Module):
         with torch.autocast(device_type=projection1.device.type, enabled=False):
             zc1, zn1 = split_projection(projection1, self.n_clusters)
             zc2, zn2 = split_projection(projection2, self.n_clusters)
+            gather = self.gather_distributed
             instance = nt_xent(
                 torch.cat([zc1, zn1], dim=1),
                 torch.cat([zc2, zn2], dim=1),
                 self.temperature,
                 normalize=False,
+                gather_distributed=gather,
             )
-            codes1 = sinkhorn(zc1, self.sinkhorn_epsilon, self.sinkhorn_iterations)
-            codes2 = sinkhorn(zc2, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+            codes1, codes2 = (
+                sinkhorn(
+                    zc,
+                    self.sinkhorn_epsilon,
+                    self.sinkhorn_iterations,
+                    gather_distributed=gather,
+                )
+                for zc in (zc1, zc2)
+            )
             if self.swapped:
                 codes1, codes2 = codes2, codes1
             cluster = 0.5 * (
                 self.cluster_cross_entropy(zc1, codes1)
                 + self.cluster_cross_entropy(zc2, codes2)
             )
+            if gather:  # a mean over this process's samples: see local_weight
+                cluster = cluster * distributed.local_weight(len(zc1), zc1.device)
             total = instance + self.cluster_weight * cluster
         return total, {"instance": instance.detach(), "cluster": cluster.detach()}
 

@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from deepclust.heads import CDCProjectionHead, FeaturePredictor, InstanceProjector
+from deepclust.heads import (
+    CDCProjectionHead,
+    FeaturePredictor,
+    InstanceProjector,
+    RowStableSigmoid,
+)
 
 
 def _layout(head):
@@ -54,8 +59,22 @@ def test_feature_predictor_layers():
         (nn.ReLU, None, None, None),
         (nn.Linear, False, 9, 3),
         (nn.BatchNorm1d, True, 3, 3),
-        (nn.Sigmoid, None, None, None),
+        (RowStableSigmoid, None, None, None),
     ]
+
+
+def test_row_stable_sigmoid_does_not_depend_on_the_row():
+    # Check that the head activations are the sigmoid's, rounded to float32, and
+    # that a row gets the same values wherever it sits in the batch (float32's
+    # vectorised sigmoid computes the SIMD tail of a tensor differently).
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 5, generator=generator) * 4
+    out = RowStableSigmoid()(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.sigmoid(x), rtol=0, atol=1e-7)
+    for shift in range(1, 9):
+        rolled = RowStableSigmoid()(torch.roll(x, shift, dims=0))
+        assert torch.equal(torch.roll(rolled, -shift, dims=0), out)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -33,12 +33,14 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import GradientNormClipping, LRScheduler
 from skorch.history import History
 
+from deepclust import distributed
 from deepclust._inputs import (
     ImageInput,
     InputError,
     check_matches,
     check_min_samples,
     read_input,
+    shard_input,
 )
 from deepclust._serialization import (
     check_state_dict,
@@ -91,6 +93,7 @@ SHARED_CONSTRAINTS: dict[str, list] = {
     "hflip": [StrOptions({"auto"}), "boolean"],
     "blur": [StrOptions({"auto"}), "boolean"],
     "device": [str, torch.device],
+    "distributed": [StrOptions({"auto"}), "boolean"],
     "precision": [StrOptions({"auto", "bf16", "fp32"})],
     "compile": ["boolean"],
     "num_workers": [StrOptions({"auto"}), Interval(Integral, 0, None, closed="left")],
@@ -164,10 +167,21 @@ class BaseDeepEstimator(BaseEstimator):
             The fitted estimator.
         """
         self._check_params()
+        device, self._distributed = self._training_device()
+        n_processes = distributed.world_size() if self._distributed else 1
+        if self._distributed:
+            # Each process reads only its share of X: every n_processes-th input.
+            X, self._fit_positions, self._n_fit_inputs, input_files = shard_input(
+                X, distributed.rank(), n_processes
+            )
         source = self._read_fit_input(X)
         self._set_input_attributes(source)
-        device = resolve_device(self.device)
-        self.training_config_ = self._resolve_training_config(source.n_samples, device)
+        n_samples = source.n_samples
+        if self._distributed:
+            self.input_files_ = input_files
+            n_samples = self._agree_on_inputs(source)
+        self._check_n_samples(n_samples)
+        self.training_config_ = self._resolve_training_config(n_samples, device)
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -179,7 +193,7 @@ class BaseDeepEstimator(BaseEstimator):
             )
         self._fit_scaler(model.scaler, source)
         dataset = InputDataset(source, device)
-        self.net_ = self._build_net(model, device, seed)
+        self.net_ = self._build_net(model, device, seed, self._distributed)
         # Fixed shapes: let cuDNN pick the fastest kernels (restored afterwards).
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
@@ -192,7 +206,9 @@ class BaseDeepEstimator(BaseEstimator):
                 checkpoint_dir=self.checkpoint_dir,
                 checkpoint_every=self.checkpoint_every,
                 resume=self.resume,
-                fit_description=fingerprint(self, len(dataset), self.net_.max_epochs),
+                fit_description=fingerprint(
+                    self, n_samples, self.net_.max_epochs, n_processes
+                ),
                 n_user_callbacks=len(self.callbacks or []),
             )
         except BaseException:
@@ -200,12 +216,84 @@ class BaseDeepEstimator(BaseEstimator):
             raise
         finally:
             torch.backends.cudnn.benchmark = benchmark
+        self.net_.finish_distributed()
         self.history_ = self.net_.history
         self.n_epochs_ = len(self.history_)
+        self.n_processes_ = n_processes
         self._after_fit(source)
         if error is not None:
             raise error
         return self
+
+    def _training_device(self) -> tuple[torch.device, bool]:
+        """The training device, and whether training is distributed.
+
+        A distributed run joins the launcher's process group (NCCL on GPUs, gloo
+        on CPUs) unless the script created one.
+        """
+        launched = distributed.launcher_world_size() > 1 or distributed.is_distributed()
+        wanted = launched if self.distributed == "auto" else bool(self.distributed)
+        if wanted and not launched:
+            raise ValueError(
+                "distributed=True needs a distributed job: start the script with a "
+                "launcher, e.g. `torchrun --nproc-per-node=2 script.py`, which sets "
+                "WORLD_SIZE > 1 (or pass distributed='auto' to train alone)."
+            )
+        device = resolve_device(self.device)
+        if wanted and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if wanted:
+            distributed.init_from_environment(device)
+        return device, wanted and distributed.is_distributed()
+
+    def _agree_on_inputs(self, source) -> int:
+        """Check that every process read inputs of one kind; count them all.
+
+        Also turns the skipped positions of this process's share into positions
+        in X. Returns the number of readable inputs of all processes.
+        """
+        described = {
+            name: getattr(self, name, None)
+            for name in (
+                "input_kind_",
+                "image_size_",
+                "n_channels_",
+                "input_dtype_",
+                "n_features_in_",
+            )
+        }
+        skipped = self._fit_positions[self.skipped_indices_].tolist()
+        everyone = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(
+            everyone, (described, skipped, source.n_samples)
+        )
+        kinds = [entry[0] for entry in everyone]
+        if any(kind != kinds[0] for kind in kinds):
+            raise InputError(
+                f"The processes read different kinds of input ({kinds}); the inputs "
+                "of a distributed fit must all have one kind, size and number of "
+                "channels (pass image_size to resize images)."
+            )
+        self.skipped_indices_ = np.array(
+            sorted(p for entry in everyone for p in entry[1]), dtype=np.int64
+        )
+        return sum(entry[2] for entry in everyone)
+
+    def _gather_fit_rows(self, values: np.ndarray, fill) -> np.ndarray:
+        """Rows of this process's share placed in a full array, in every process.
+
+        In a single process, ``values`` already has one row per input of X.
+        """
+        if not self._distributed:
+            return values
+        everyone = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(everyone, (self._fit_positions, values))
+        rows = np.full(
+            (self._n_fit_inputs, *values.shape[1:]), fill, dtype=values.dtype
+        )
+        for positions, part in everyone:
+            rows[positions] = part
+        return rows
 
     def _check_params(self):
         """The checks that the declarative constraints cannot express."""
@@ -234,9 +322,10 @@ class BaseDeepEstimator(BaseEstimator):
             data_format=self.data_format,
             on_error=self.on_error,
         )
-        check_min_samples(
-            source, 2, what="contrastive training compares samples with each other"
-        )
+        what = "contrastive training compares samples with each other"
+        if self._distributed:
+            what = "each process of a distributed fit needs 2 samples of its share"
+        check_min_samples(source, 2, what=what)
         if isinstance(source, ImageInput) and min(source.size) < 2:
             raise InputError(
                 f"X yields images of size (H, W) = {tuple(source.size)}; training "
@@ -244,6 +333,9 @@ class BaseDeepEstimator(BaseEstimator):
                 "images of at least 2x2 pixels (pass image_size to upsample them)."
             )
         return source
+
+    def _check_n_samples(self, n_samples: int) -> None:
+        """Checks of the number of training samples (of all processes)."""
 
     def _set_input_attributes(self, source):
         self.skipped_indices_ = np.array(sorted(source.skipped), dtype=np.int64)
@@ -359,7 +451,7 @@ class BaseDeepEstimator(BaseEstimator):
             )
         scaler.set_statistics(scaler.to_unit(sample), step="standardize")
 
-    def _build_net(self, model, device, seed) -> ContrastiveNet:
+    def _build_net(self, model, device, seed, distributed=False) -> ContrastiveNet:
         config = self.training_config_
         gpu = device.type == "cuda"
         precision = self.precision
@@ -383,7 +475,7 @@ class BaseDeepEstimator(BaseEstimator):
             iterator_params["persistent_workers"] = True
         net = ContrastiveNet(
             module=model,
-            criterion=self._build_objective(channels_last),
+            criterion=self._build_objective(channels_last, distributed),
             optimizer=torch.optim.Adam,
             optimizer__weight_decay=self.weight_decay,
             # One fused kernel per step instead of several per parameter tensor.
@@ -398,6 +490,7 @@ class BaseDeepEstimator(BaseEstimator):
             compile=self.compile,
             precision_dtype=torch.bfloat16 if precision == "bf16" else None,
             generator_seed=seed,
+            distributed=distributed,
             **{f"iterator_train__{k}": v for k, v in iterator_params.items()},
         )
         if self.verbose < 2:
@@ -534,7 +627,13 @@ class BaseDeepEstimator(BaseEstimator):
         """
         from deepclust._export import export_onnx
 
+        if self._writes_nothing():
+            return Path(path)
         return export_onnx(self, path, **kwargs)
+
+    def _writes_nothing(self) -> bool:
+        """Whether this is a process other than 0 of the job that trained the model."""
+        return getattr(self.net_, "distributed", False) and distributed.rank() != 0
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -567,6 +666,8 @@ class BaseDeepEstimator(BaseEstimator):
             callbacks, a ``RandomState`` instance), or ``path`` is an existing file.
         """
         check_is_fitted(self, "net_")
+        if self._writes_nothing():
+            return
         params = _params_to_json(self)
         directory = Path(path)
         if directory.exists() and not directory.is_dir():

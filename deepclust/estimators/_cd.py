@@ -102,7 +102,18 @@ callable, default="auto"
     blur : "auto" or bool, default="auto"
         Gaussian blur with probability 0.5 ("auto": only for images above 64 px).
     device : str, default="auto"
-        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N". In
+        distributed training, "auto" and "cuda" mean the GPU of the process's
+        ``LOCAL_RANK``.
+    distributed : "auto" or bool, default="auto"
+        Train with all the processes of a torch.distributed job (DDP over the
+        global batch: see ``docs/scaling.md``). "auto": when the script runs under
+        a launcher such as ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` >
+        1) or a process group is initialised; True: require it; False: train in
+        this process alone. Each process then reads only its share of X (every
+        ``WORLD_SIZE``-th input), ``batch_size`` is per process, and every process
+        ends with the same fitted estimator; only process 0 writes checkpoints,
+        ``save`` and ``export_onnx`` files.
     precision : {"auto", "bf16", "fp32"}, default="auto"
         Autocast dtype: "auto" is bf16 on CUDA and fp32 elsewhere. Losses and
         Sinkhorn always run in fp32.
@@ -214,6 +225,7 @@ callable, default="auto"
         hflip="auto",
         blur="auto",
         device="auto",
+        distributed="auto",
         precision="auto",
         compile=False,
         num_workers="auto",
@@ -249,6 +261,7 @@ callable, default="auto"
         self.hflip = hflip
         self.blur = blur
         self.device = device
+        self.distributed = distributed
         self.precision = precision
         self.compile = compile
         self.num_workers = num_workers
@@ -278,9 +291,12 @@ callable, default="auto"
     def _head_params(self):
         return {"projection_dim": self.projection_dim, "n_heads": self.n_heads}
 
-    def _build_objective(self, channels_last):
+    def _build_objective(self, channels_last, distributed=False):
         loss = CDLoss(
-            self.instance_temperature, self.feature_temperature, self.entropy_weight
+            self.instance_temperature,
+            self.feature_temperature,
+            self.entropy_weight,
+            gather_distributed=distributed,
         )
         return CDObjective(loss, self._augment(), channels_last)
 

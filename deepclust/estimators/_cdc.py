@@ -141,7 +141,18 @@ callable, default="auto"
     blur : "auto" or bool, default="auto"
         Gaussian blur with probability 0.5 ("auto": only for images above 64 px).
     device : str, default="auto"
-        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+        "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N". In
+        distributed training, "auto" and "cuda" mean the GPU of the process's
+        ``LOCAL_RANK``.
+    distributed : "auto" or bool, default="auto"
+        Train with all the processes of a torch.distributed job (DDP over the
+        global batch: see ``docs/scaling.md``). "auto": when the script runs under
+        a launcher such as ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` >
+        1) or a process group is initialised; True: require it; False: train in
+        this process alone. Each process then reads only its share of X (every
+        ``WORLD_SIZE``-th input), ``batch_size`` is per process, and every process
+        ends with the same fitted estimator; only process 0 writes checkpoints,
+        ``save`` and ``export_onnx`` files.
     precision : {"auto", "bf16", "fp32"}, default="auto"
         Autocast dtype: "auto" is bf16 on CUDA and fp32 elsewhere. Losses and
         Sinkhorn always run in fp32.
@@ -268,6 +279,7 @@ callable, default="auto"
         hflip="auto",
         blur="auto",
         device="auto",
+        distributed="auto",
         precision="auto",
         compile=False,
         num_workers="auto",
@@ -309,6 +321,7 @@ callable, default="auto"
         self.hflip = hflip
         self.blur = blur
         self.device = device
+        self.distributed = distributed
         self.precision = precision
         self.compile = compile
         self.num_workers = num_workers
@@ -341,14 +354,12 @@ callable, default="auto"
 
     _family = "cdc"
 
-    def _read_fit_input(self, X):
-        source = super()._read_fit_input(X)
-        if source.n_samples < self.n_clusters:
+    def _check_n_samples(self, n_samples):
+        if n_samples < self.n_clusters:
             raise InputError(
-                f"X has {source.n_samples} samples but n_clusters={self.n_clusters}; "
+                f"X has {n_samples} samples but n_clusters={self.n_clusters}; "
                 "at least n_clusters samples are needed."
             )
-        return source
 
     def _head_params(self):
         return {
@@ -357,7 +368,7 @@ callable, default="auto"
             "cluster_temperature": self.cluster_temperature,
         }
 
-    def _build_objective(self, channels_last):
+    def _build_objective(self, channels_last, distributed=False):
         loss = CDCLoss(
             self.n_clusters,
             temperature=self.temperature,
@@ -366,6 +377,7 @@ callable, default="auto"
             sinkhorn_epsilon=self.sinkhorn_epsilon,
             sinkhorn_iterations=self.sinkhorn_iterations,
             swapped=self.swapped_assignment,
+            gather_distributed=distributed,
         )
         augment = self._augment()
         strong = None
@@ -395,7 +407,7 @@ callable, default="auto"
         probabilities = self.net_.outputs(
             source, ["probabilities"], self.predict_batch_size
         )[0]
-        self.labels_ = labels_from_proba(probabilities)
+        self.labels_ = self._gather_fit_rows(labels_from_proba(probabilities), -1)
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=self.n_clusters
         )

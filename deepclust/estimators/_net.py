@@ -22,6 +22,7 @@ and returns one row per input, in input order.
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 
@@ -29,13 +30,16 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback
+from torch.nn.parallel import DistributedDataParallel
 
+from deepclust import distributed
 from deepclust._inputs import TabularInput, iter_batches
 
 __all__ = [
     "ContrastiveNet",
     "DeviceBatches",
     "EpochProgress",
+    "ShardBatches",
     "InputDataset",
     "LRFactor",
     "TrainingDivergedError",
@@ -44,6 +48,13 @@ __all__ = [
 
 # Whole inputs up to this size are materialised (and uploaded to the device).
 _MATERIALIZE_BYTES = 4 * 2**30
+# DDP need not copy buffers at every forward: the synchronised BatchNorm keeps them
+# equal (the option was renamed in torch 2.14).
+_NO_BUFFER_BROADCASTS = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 # The net's random generators, seeded from generator_seed (+ their position).
 GENERATORS = ("shuffle_generator_", "augment_generator_")
 
@@ -101,6 +112,42 @@ class DeviceBatches:
                 # A lone sample cannot be contrasted (and breaks BatchNorm).
                 continue
             yield self.data[index], index
+
+
+class ShardBatches:
+    """Batches of local positions over this process's data, ``n_steps`` per epoch.
+
+    Each epoch shuffles the positions and splits them into ``n_steps`` batches of
+    near-equal sizes, so every sample is used once per epoch and every process
+    takes the same number of steps.
+    """
+
+    def __init__(self, n_samples: int, n_steps: int, generator: torch.Generator):
+        self.n_samples = n_samples
+        self.n_steps = max(1, n_steps)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __iter__(self):
+        order = torch.randperm(self.n_samples, generator=self.generator)
+        yield from torch.tensor_split(order, self.n_steps)
+
+
+class _TensorBatches:
+    """The rows of a device tensor for each batch of positions of ``batches``."""
+
+    def __init__(self, data: torch.Tensor, batches):
+        self.data = data
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for index in self.batches:
+            yield self.data[index.to(self.data.device)], index
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -242,12 +289,21 @@ class ContrastiveNet(NeuralNet):
         Autocast dtype of training and inference (None: full precision).
     generator_seed : int, default=0
         Seed of the shuffling and augmentation generators.
+    distributed : bool, default=False
+        Train on the processes of the running torch.distributed group: the module
+        is wrapped in DistributedDataParallel with synchronised BatchNorm, each
+        process iterates over its own data (the dataset holds its share) with the
+        same number of steps, its generators are seeded with its rank, and the
+        recorded losses are the means over processes (the global-batch losses).
     """
 
-    def __init__(self, *args, precision_dtype=None, generator_seed=0, **kwargs):
+    def __init__(
+        self, *args, precision_dtype=None, generator_seed=0, distributed=False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.precision_dtype = precision_dtype
         self.generator_seed = generator_seed
+        self.distributed = distributed
 
     def initialize(self):
         """Initialise as skorch does, then seed the shuffling and augmentation RNGs.
@@ -258,13 +314,51 @@ class ContrastiveNet(NeuralNet):
         """
         super().initialize()
         device = torch.device(self.device)
-        self.shuffle_generator_ = torch.Generator().manual_seed(self.generator_seed)
+        # Every process draws its own batches and views, reproducibly.
+        offset = 2 * self.process_rank
+        self.shuffle_generator_ = torch.Generator().manual_seed(
+            self.generator_seed + offset
+        )
         self.augment_generator_ = torch.Generator(device=device).manual_seed(
-            self.generator_seed + 1
+            self.generator_seed + offset + 1
         )
         return self
 
+    @property
+    def process_rank(self) -> int:
+        """Rank of this process in distributed training (0 otherwise)."""
+        return distributed.rank() if self.distributed else 0
+
+    def initialize_module(self):
+        """The module, wrapped in DistributedDataParallel for distributed training.
+
+        Its BatchNorm layers are synchronised (batch statistics over all
+        processes); :meth:`finish_distributed` undoes both after training.
+        """
+        super().initialize_module()
+        if self.distributed:
+            device = torch.device(self.device)
+            module = distributed.synchronize_batchnorm(self.module_.to(device), device)
+            # Every process starts from process 0's buffers (the input statistics
+            # each process took from its share); DDP copies the parameters.
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, 0)
+            self.module_ = DistributedDataParallel(
+                module,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                **_NO_BUFFER_BROADCASTS,
+            )
+        return self
+
+    def finish_distributed(self):
+        """The plain trained model, identical in every process, as ``module_``."""
+        if self.distributed:
+            self.module_ = distributed.restore_batchnorm(self.unwrapped_module())
+        return self
+
     def get_iterator(self, dataset, training=False):
+        if training and self.distributed:
+            return self._shard_iterator(dataset)
         if training and dataset.tensor is not None:
             return DeviceBatches(
                 dataset.tensor, self.batch_size, self.shuffle_generator_
@@ -284,6 +378,31 @@ class ContrastiveNet(NeuralNet):
             **self.get_params_for("iterator_train"),
         )
 
+    def _shard_iterator(self, dataset):
+        # Every process must take as many steps as the others (each step is a
+        # collective); the process with the fewest samples sets the number.
+        fewest = torch.tensor([len(dataset)], device=self.device)
+        torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
+        batches = ShardBatches(
+            len(dataset),
+            math.ceil(int(fewest) / self.batch_size),
+            self.shuffle_generator_,
+        )
+        if dataset.tensor is not None:
+            return _TensorBatches(dataset.tensor, batches)
+        return torch.utils.data.DataLoader(
+            dataset,
+            sampler=batches,
+            batch_size=None,
+            **self.get_params_for("iterator_train"),
+        )
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        # skorch recorded the local batch size; the epoch's train_loss weighs the
+        # batches by it, so give it the global one in every process.
+        if training and self.distributed:
+            self.history.record_batch("train_batch_size", self.global_batch_size_)
+
     def torch_compile(self, module, name):
         # The objective holds the augmentation (generator draws, a host-side jitter
         # order): compiling it recompiles endlessly, so compile the network only.
@@ -299,8 +418,9 @@ class ContrastiveNet(NeuralNet):
         )
 
     def unwrapped_module(self):
-        """The model without a torch.compile wrapper."""
-        return getattr(self.module_, "_orig_mod", self.module_)
+        """The model without a torch.compile or DistributedDataParallel wrapper."""
+        module = getattr(self.module_, "_orig_mod", self.module_)
+        return module.module if isinstance(module, DistributedDataParallel) else module
 
     def to_unit(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw input on any device -> unit range on the net's device (no gradient)."""
@@ -318,12 +438,29 @@ class ContrastiveNet(NeuralNet):
                 self.module_, unit, self.augment_generator_, epoch
             )
         if loss is None:
+            if self.distributed:
+                raise RuntimeError(
+                    "A training objective skipped a batch, which "
+                    "distributed training cannot do."
+                )
             # Nothing to learn from this batch (e.g. no confident pseudo-label):
             # leave gradients unset so the optimiser skips every parameter.
             return {"loss": torch.zeros((), device=unit.device), "y_pred": None}
         # Queue the backward pass before the finiteness check syncs with the device,
         # so the GPU is not left idle while the host launches it.
         loss.backward()
+        if self.distributed:
+            # Each process holds its share of the global loss: record their mean
+            # and the global batch size, the same in every process, so that
+            # history-driven callbacks agree.
+            size = torch.tensor(float(len(unit)), device=unit.device)
+            reduced = distributed.all_reduce_mean(
+                torch.stack([loss, *parts.values(), size])
+            )
+            loss, parts = reduced[0], dict(zip(parts, reduced[1:-1], strict=True))
+            self.global_batch_size_ = round(
+                float(reduced[-1]) * distributed.world_size()
+            )
         if not torch.isfinite(loss):
             # Raising inside the optimiser closure means the step never happens.
             self.optimizer_.zero_grad(set_to_none=True)

@@ -26,6 +26,7 @@ import torch
 from skorch.callbacks import Callback, LRScheduler
 from skorch.history import History
 
+from deepclust import distributed
 from deepclust._serialization import (
     check_state_dict,
     decode_tree,
@@ -139,7 +140,25 @@ class TrainingRecovery(Callback):
         self.snapshot_epoch_ = epoch
         due = epoch % self.checkpoint_every == 0 or epoch >= net.max_epochs
         if self.checkpoint_dir is not None and due:
-            write_checkpoint(net, self.snapshot_, self.checkpoint_dir, self.fingerprint)
+            generators = [
+                {name: generator_state(getattr(net, name)) for name in GENERATORS}
+            ]
+            if net.distributed:
+                # Each process draws from its own generators: keep all of them,
+                # so that a resumed job continues every stream.
+                generators = [None] * distributed.world_size()
+                torch.distributed.all_gather_object(
+                    generators,
+                    {name: generator_state(getattr(net, name)) for name in GENERATORS},
+                )
+            if net.process_rank == 0:
+                write_checkpoint(
+                    net,
+                    self.snapshot_,
+                    self.checkpoint_dir,
+                    self.fingerprint,
+                    generators,
+                )
             self.checkpoint_epoch_ = epoch
 
     def __getstate__(self):
@@ -172,7 +191,7 @@ def _lr_scheduler(net):
 # ---------------------------------------------------------------------------
 
 
-def write_checkpoint(net, module_state, directory, fingerprint) -> None:
+def write_checkpoint(net, module_state, directory, fingerprint, generators) -> None:
     """Write the training state after the current epoch, replacing the previous one.
 
     The weights go to a new ``checkpoint-epochNNNNN.safetensors`` and only then
@@ -204,12 +223,13 @@ def write_checkpoint(net, module_state, directory, fingerprint) -> None:
         else encode_tree(
             scheduler.state_dict(), tensors, "lr_scheduler", where="the scheduler state"
         ),
-        "generators": {
-            name: encode_tree(
-                generator_state(getattr(net, name)), tensors, f"generators.{name}"
-            )
-            for name in GENERATORS
-        },
+        # The generators of the process, or of every process of a distributed job.
+        "generators": encode_tree(generators[0], tensors, "generators")
+        if len(generators) == 1
+        else None,
+        "process_generators": encode_tree(generators, tensors, "process_generators")
+        if len(generators) > 1
+        else None,
         "history": encode_tree(
             net.history.to_list(), tensors, "history", where="the history"
         ),
@@ -251,8 +271,14 @@ def read_checkpoint(directory) -> dict | None:
         ) from None
 
 
-def fingerprint(estimator, n_samples: int, total_epochs: int) -> dict:
-    """JSON description of a fit that a resumed fit must reproduce."""
+def fingerprint(
+    estimator, n_samples: int, total_epochs: int, n_processes: int = 1
+) -> dict:
+    """JSON description of a fit that a resumed fit must reproduce.
+
+    ``n_samples`` counts the samples of all processes of a distributed job, whose
+    number ``n_processes`` must also be the same to resume.
+    """
     params = {
         name: _describe(value)
         for name, value in estimator.get_params(deep=False).items()
@@ -276,6 +302,8 @@ def fingerprint(estimator, n_samples: int, total_epochs: int) -> dict:
         "n_samples": int(n_samples),
         "total_epochs": int(total_epochs),
     }
+    if n_processes > 1:
+        description["n_processes"] = int(n_processes)
     # A JSON round trip gives the exact form that is read back from disk.
     return json.loads(json.dumps(description))
 
@@ -300,9 +328,9 @@ def _check_fingerprint(stored, current, directory) -> None:
         )
 
     differences = []
-    for key in ("class", "n_samples", "total_epochs"):
-        if stored.get(key) != current[key]:
-            differ(key, stored.get(key), current[key])
+    for key in ("class", "n_samples", "total_epochs", "n_processes"):
+        if stored.get(key) != current.get(key):
+            differ(key, stored.get(key), current.get(key))
     for section, label in (("params", "parameter"), ("input", "input")):
         saved = stored.get(section) or {}
         for name, value in current[section].items():
@@ -329,7 +357,9 @@ def _restore_training_state(net, checkpoint, directory) -> None:
             f"{what}: its optimizer state does not fit the model ({exc})."
         ) from None
     net.history = History(checkpoint["history"])
-    restore_generators(net, checkpoint["generators"])
+    # Checkpoints written before distributed training have no per-process list.
+    per_process = checkpoint.get("process_generators") or [checkpoint["generators"]]
+    restore_generators(net, per_process[net.process_rank])
 
 
 # ---------------------------------------------------------------------------
