@@ -41,7 +41,12 @@ _KNOWN_OUTPUTS = {
     "CDCClusterer": ("labels", "probabilities", "embedding", "instance"),
     "ContrastiveDisentangler": ("heads", "embedding"),
 }
-_DEFAULT_PARAMS = {"providers": None, "batch_size": 256, "on_error": None}
+_DEFAULT_PARAMS = {
+    "providers": None,
+    "batch_size": 256,
+    "on_error": None,
+    "n_threads": None,
+}
 
 
 def export_onnx(
@@ -167,6 +172,9 @@ class OnnxClusterer:
         out with a warning; their rows then hold label -1 and NaN values, so
         outputs keep one row per input, in input order. None uses the
         exported estimator's ``on_error``.
+    n_threads : int or None, default=None
+        onnxruntime's intra-op threads; None lets onnxruntime use one per core.
+        Set it to 1 when several processes share a machine (batch jobs).
 
     Attributes
     ----------
@@ -206,16 +214,21 @@ class OnnxClusterer:
     True
     """
 
-    def __init__(self, path, *, providers=None, batch_size=256, on_error=None):
+    def __init__(
+        self, path, *, providers=None, batch_size=256, on_error=None, n_threads=None
+    ):
         self.path = path
         self.providers = providers
         self.batch_size = batch_size
+        self.n_threads = n_threads
         self.on_error = on_error
         self._load()
 
     # ------------------------------------------------------------- loading
     def _check_params(self):
         check_positive_int(self.batch_size, "batch_size")
+        if self.n_threads is not None:
+            check_positive_int(self.n_threads, "n_threads")
         if self.on_error not in (None, "raise", "skip"):
             raise ValueError(
                 f"on_error must be None, 'raise' or 'skip'; got {self.on_error!r}."
@@ -238,6 +251,11 @@ class OnnxClusterer:
         onnxruntime = _import_onnxruntime()
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no optimiser chatter
+        if self.n_threads is not None:
+            # Several worker processes on one machine should not each spin up a
+            # thread per core.
+            options.intra_op_num_threads = self.n_threads
+            options.inter_op_num_threads = 1
         providers = _resolve_providers(self.providers, onnxruntime)
         try:
             session = onnxruntime.InferenceSession(path, options, providers=providers)
@@ -321,7 +339,10 @@ class OnnxClusterer:
         for key, value in params.items():
             setattr(self, key, value)
         try:
-            if self.path is not old["path"] or self.providers is not old["providers"]:
+            if any(
+                getattr(self, name) is not old[name]
+                for name in ("path", "providers", "n_threads")
+            ):
                 self._load()
             else:
                 self._check_params()

@@ -404,8 +404,13 @@ def test_clusterer_params_clone_and_pickle(fitted):
         "providers": None,
         "batch_size": 4,
         "on_error": None,
+        "n_threads": None,
     }
     assert clusterer.fit() is clusterer
+    # A new thread count reloads the session with it.
+    clusterer.set_params(n_threads=1)
+    assert clusterer.session.get_session_options().intra_op_num_threads == 1
+    clusterer.set_params(n_threads=None)
     assert clusterer.__sklearn_is_fitted__()
     assert repr(clusterer) == f"OnnxClusterer({str(path)!r}, batch_size=4)"
     copy = clone(clusterer)
