@@ -33,13 +33,25 @@ DATASETS = ("digits", "mix", "blobs", "blobs-cd")
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
-                        help="seeds of the model training and of the subsamples")
+    parser.add_argument(
+        "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS)
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="seeds of the model training and of the subsamples",
+    )
     parser.add_argument("--k-min", type=int, default=2)
     parser.add_argument("--k-max", type=int, default=15)
-    parser.add_argument("--mix-classes", nargs="+", type=int, default=[0, 1, 2, 3, 4],
-                        help="digit classes of the 'mix' data set")
+    parser.add_argument(
+        "--mix-classes",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2, 3, 4],
+        help="digit classes of the 'mix' data set",
+    )
     parser.add_argument("--blob-centers", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
@@ -51,8 +63,13 @@ def main(argv=None):
 
     images, labels = load_digits_images()
     mix = np.isin(labels, args.mix_classes)
-    blobs, _ = make_blobs(n_samples=1500, n_features=16, centers=args.blob_centers,
-                          cluster_std=2.0, random_state=0)
+    blobs, _ = make_blobs(
+        n_samples=1500,
+        n_features=16,
+        centers=args.blob_centers,
+        cluster_std=2.0,
+        random_state=0,
+    )
     data = {
         "digits": (images, 10, {}),
         "mix": (images[mix], len(args.mix_classes), {}),
@@ -64,13 +81,18 @@ def main(argv=None):
     for name in args.datasets:
         X, true_k, options = data[name]
         for seed in args.seeds:
-            print(f"== {name} ({len(X)} samples, {true_k} groups), seed {seed}", flush=True)
+            print(
+                f"== {name} ({len(X)} samples, {true_k} groups), seed {seed}",
+                flush=True,
+            )
             start = time.perf_counter()
             result = select_n_clusters(X, k_range, random_state=seed, **options)
             seconds = time.perf_counter() - start
             print(result.format())
-            print(f"time: {seconds:.1f} s (training {result.fit_seconds or 0:.1f} s)\n",
-                  flush=True)
+            print(
+                f"time: {seconds:.1f} s (training {result.fit_seconds or 0:.1f} s)\n",
+                flush=True,
+            )
             summary.append((name, seed, true_k, result.n_clusters, seconds))
     print(f"{'data':<10} {'seed':>4} {'true k':>6} {'chosen':>6} {'time':>8}")
     for name, seed, true_k, chosen, seconds in summary:

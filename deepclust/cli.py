@@ -1,7 +1,9 @@
-"""The ``deepclust`` command line: demo, fit, export and predict.
+"""The ``deepclust`` command line: demo, fit, export, predict, select-k, report.
 
 ``deepclust demo`` trains both estimators on scikit-learn's bundled digits (no
 network) and prints their clustering scores next to KMeans on raw pixels.
+``deepclust select-k`` chooses a number of clusters by stability, and
+``deepclust report`` writes a self-contained HTML page of what a model learnt.
 
 Argument parsing imports neither torch nor scikit-learn, so ``--help`` and
 usage errors answer at once; each command imports what it needs. A mistake of
@@ -162,6 +164,8 @@ def _fit(args) -> int:
             FIT_DEFAULTS["n_clusters"] if args.n_clusters is None else args.n_clusters
         )
     output, output_format = _output_format(args.output, args.format)
+    if args.report:
+        _check_output_file(args.report, "--report")
     extra = _parse_params(args.param)
     _set_threads(args.threads)
     from deepclust import CDCClusterer, ContrastiveDisentangler
@@ -190,6 +194,21 @@ def _fit(args) -> int:
             f"{len(estimator.skipped_indices_)} unreadable file(s) were left out of "
             "training (label -1)"
         )
+    if args.report:
+        from deepclust.report import write_report
+
+        # The unreadable files were already reported; the report counts them.
+        estimator.set_params(on_error="skip")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", _skipped_inputs_warning())
+            write_report(
+                estimator,
+                data if isinstance(data, np.ndarray) else args.data,
+                args.report,
+                fit_seconds=seconds,
+                random_state=args.seed,
+            )
+        print(f"wrote the report {args.report}")
     return 0
 
 
@@ -199,6 +218,112 @@ def _export(args) -> int:
 
     export_onnx(model, args.output, input_format=args.input_format)
     print(f"exported {type(model).__name__} to {args.output}")
+    return 0
+
+
+def _select_k(args) -> int:
+    if args.k_max < args.k_min:
+        raise CommandError(
+            f"--k-max {args.k_max} is smaller than --k-min {args.k_min}."
+        )
+    precomputed = args.features == "precomputed"
+    if precomputed and args.from_model:
+        raise CommandError(
+            "--features precomputed clusters DATA as it is; it takes no --from-model."
+        )
+    if precomputed and Path(args.data).suffix.lower() != ".npy":
+        raise CommandError(
+            "--features precomputed needs DATA to be a .npy array of features; got "
+            f"{args.data!r}."
+        )
+    data = _data_argument(args.data)
+    if precomputed and np.ndim(data) != 2:
+        raise CommandError(
+            "--features precomputed needs a 2-D array (samples x features); DATA "
+            f"{args.data!r} has shape {np.shape(data)}."
+        )
+    if args.plot:
+        _check_output_file(args.plot, "--plot")
+    extra = _parse_params(args.param)
+    _set_threads(args.threads)
+    from deepclust.model_selection import select_n_clusters
+
+    features = args.features
+    if precomputed:
+        model, features = "precomputed", "embedding"
+    elif args.from_model:
+        model = _load_model(args.from_model, allow_onnx=False)
+        model.set_params(on_error=args.on_error)
+    else:
+        from deepclust import ContrastiveDisentangler
+
+        _check_param_names(extra, ContrastiveDisentangler)
+        params = {
+            "max_epochs": args.epochs,
+            "on_error": args.on_error,
+            "random_state": args.seed,
+            "verbose": 0 if args.quiet else 1,
+            **extra,
+        }
+        model = ContrastiveDisentangler(**params)
+        if not args.quiet:
+            _note(
+                "training a ContrastiveDisentangler once; each k then costs only "
+                "KMeans fits"
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _skipped_inputs_warning())
+        result = select_n_clusters(
+            data if isinstance(data, np.ndarray) else args.data,
+            range(args.k_min, args.k_max + 1),
+            model=model,
+            features=features,
+            n_resamples=args.resamples,
+            tolerance=args.tolerance,
+            random_state=args.seed,
+        )
+    if args.plot:
+        result.plot().savefig(args.plot, dpi=100)
+        _note(f"wrote the stability plot {args.plot}")
+    print(result.format())
+    return 0
+
+
+def _report(args) -> int:
+    if Path(args.model).suffix.lower() == ".onnx":
+        raise CommandError(
+            f"MODEL {args.model!r} is an ONNX file; a report needs the model saved by "
+            "'deepclust fit' (its embeddings and training history)."
+        )
+    data = _data_argument(args.data)
+    _check_output_file(args.output, "--output")
+    labels = _read_labels(args.labels) if args.labels else None
+    _set_threads(args.threads)
+    model = _load_model(args.model, allow_onnx=False)
+    if args.n_clusters is not None and hasattr(model, "n_clusters"):
+        raise CommandError(
+            "--n-clusters applies to ContrastiveDisentangler models only: a "
+            f"{type(model).__name__} has its own {model.n_clusters} clusters."
+        )
+    model.set_params(on_error=args.on_error)
+    from deepclust.report import write_report
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _skipped_inputs_warning())
+        write_report(
+            model,
+            data if isinstance(data, np.ndarray) else args.data,
+            args.output,
+            y=labels,
+            n_clusters=args.n_clusters,
+            max_samples=args.max_samples,
+            n_images=args.images,
+            random_state=args.seed,
+        )
+    size = os.path.getsize(args.output) / 1024
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.output} ({size:.0f} KiB, {seconds:.1f}s)")
     return 0
 
 
@@ -473,6 +598,42 @@ def _check_param_names(params, estimator_class):
             )
 
 
+def _check_output_file(path, flag):
+    if os.path.isdir(path):
+        raise CommandError(f"{flag} {path!r} is a folder; give the path of a file.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f"{flag} {path!r}: the folder {folder!r} does not exist.")
+
+
+def _read_labels(path):
+    """True labels, one per input: a .npy array or a text file with one per line."""
+    if not os.path.isfile(path):
+        raise CommandError(f"--labels {path!r} does not exist.")
+    try:
+        if Path(path).suffix.lower() == ".npy":
+            labels = np.load(path)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                labels = np.array([line.strip() for line in handle if line.strip()])
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(
+            f"--labels {path!r} cannot be read ({_one_line(exc)})."
+        ) from exc
+    if labels.ndim != 1:
+        raise CommandError(
+            f"--labels {path!r} must hold one label per input; got shape "
+            f"{labels.shape}."
+        )
+    return labels
+
+
+def _skipped_inputs_warning():
+    from deepclust._inputs import SkippedInputsWarning
+
+    return SkippedInputsWarning
+
+
 def _set_threads(threads):
     if threads is not None:
         import torch
@@ -566,6 +727,16 @@ def _positive_int(text):
     return value
 
 
+def _at_least_2(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
+
+
 def _add_common(parser, *, threads=True):
     if threads:
         parser.add_argument(
@@ -584,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="deepclust",
         description="Deep clustering of images and feature vectors: demo, "
-        "fit, export and predict.",
+        "fit, export, predict, select-k and report.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument(
@@ -696,6 +867,12 @@ def build_parser() -> argparse.ArgumentParser:
         "joblib: one pickle file; auto: joblib when --output ends in "
         ".joblib or .pkl",
     )
+    fit.add_argument(
+        "--report",
+        metavar="PATH",
+        help="after training, write an HTML report of the model on DATA "
+        "(needs matplotlib: pip install 'deepclust[plot]')",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(fit)
     fit.set_defaults(run=_fit)
@@ -760,7 +937,163 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(predict)
     predict.set_defaults(run=_predict)
+    _add_select_k(command)
+    _add_report(command)
     return parser
+
+
+def _add_select_k(command):
+    select_k = command(
+        "select-k",
+        "choose the number of clusters: train once, then score each k by the "
+        "stability of KMeans under resampling; prints one row per k, the reasoning "
+        "and a last line 'best k: N'",
+    )
+    select_k.add_argument(
+        "data",
+        metavar="DATA",
+        help="folder of images (searched recursively), image file or .npy array",
+    )
+    select_k.add_argument(
+        "--k-min",
+        type=_at_least_2,
+        default=2,
+        metavar="K",
+        help="smallest number of clusters tried",
+    )
+    select_k.add_argument(
+        "--k-max",
+        type=_at_least_2,
+        default=15,
+        metavar="K",
+        help="largest number of clusters tried",
+    )
+    select_k.add_argument(
+        "--from-model",
+        metavar="MODEL",
+        help="cluster the features of this model saved by 'deepclust fit' "
+        "(default: train a ContrastiveDisentangler on DATA once)",
+    )
+    select_k.add_argument(
+        "--features",
+        choices=["embedding", "transform", "precomputed"],
+        default="embedding",
+        help="embedding: the backbone embeddings; transform: the model's "
+        "transform (CD head activations); precomputed: DATA is a .npy array "
+        "of features, clustered as it is",
+    )
+    select_k.add_argument(
+        "--epochs",
+        type=_auto_or(int),
+        default="auto",
+        help="training epochs of the ContrastiveDisentangler",
+    )
+    select_k.add_argument(
+        "--resamples",
+        type=_positive_int,
+        default=12,
+        metavar="N",
+        help="pairs of random subsamples per k",
+    )
+    select_k.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="stabilities within this much of the best count as equal; the "
+        "largest such k is chosen",
+    )
+    select_k.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also save the stability curve as an image (.png, .svg or .pdf; "
+        "needs matplotlib)",
+    )
+    select_k.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="unreadable image files: stop, or leave them out",
+    )
+    select_k.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="another ContrastiveDisentangler parameter, e.g. --param "
+        "batch_size=64 (repeatable; values are Python literals)",
+    )
+    select_k.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the training and of the subsamples",
+    )
+    select_k.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(select_k)
+    select_k.set_defaults(run=_select_k)
+
+
+def _add_report(command):
+    report = command(
+        "report",
+        "write one self-contained HTML page (opens offline) with the cluster "
+        "galleries, sizes, a map of the embeddings, the training curves and the "
+        "parameters",
+    )
+    report.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model folder or .joblib file from 'deepclust fit'",
+    )
+    report.add_argument(
+        "data",
+        metavar="DATA",
+        help="folder of images (searched recursively), image file or .npy array, "
+        "usually the training data",
+    )
+    report.add_argument(
+        "-o", "--output", default="report.html", help="the HTML file to write"
+    )
+    report.add_argument(
+        "--n-clusters",
+        type=_at_least_2,
+        metavar="K",
+        help="ContrastiveDisentangler models only: KMeans clusters of the "
+        "embeddings (default: chosen by stability, as select-k does)",
+    )
+    report.add_argument(
+        "--labels",
+        metavar="PATH",
+        help="true classes, one per input (.npy, or a text file with one per "
+        "line): adds a confusion matrix with ACC/NMI/ARI",
+    )
+    report.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=2000,
+        metavar="N",
+        help="show at most N inputs, drawn at random (keeps the report small and fast)",
+    )
+    report.add_argument(
+        "--images",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="most confident images shown per cluster",
+    )
+    report.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="skip",
+        help="unreadable image files: stop, or count them and leave them out",
+    )
+    report.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the sampling, KMeans and the map",
+    )
+    _add_common(report)
+    report.set_defaults(run=_report)
 
 
 def main(argv=None) -> int:

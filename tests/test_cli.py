@@ -7,6 +7,7 @@ and exit status.
 
 import csv
 import io
+import re
 import subprocess
 import sys
 import warnings
@@ -434,3 +435,169 @@ def test_in_process_predict_warns_nothing_unexpected(workdir, fitted, capsys):
     assert code == 0
     _, rows = read_csv(capsys.readouterr().out)
     assert sum(row[1] == "unreadable" for row in rows) == len(UNREADABLE)
+
+
+# ---------------------------------------------------------------------------
+# select-k, report and fit --report
+# ---------------------------------------------------------------------------
+
+
+def test_select_k_and_report_help_do_not_import_torch():
+    # Check that --help of the new commands shows their defaults without
+    # importing torch.
+    code = (
+        "import sys, contextlib, io\nfrom deepclust.cli import main\n"
+        "for argv in (['select-k', '--help'], ['report', '--help']):\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n            main(argv)\n"
+        "        except SystemExit:\n            pass\n"
+        "    sys.stderr.write(out.getvalue())\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
+    assert "best k: N" in result.stderr
+    assert "--k-max K" in result.stderr and "(default: 15)" in result.stderr
+    assert "(default: report.html)" in result.stderr
+
+
+def run_in_process(*args, cwd, monkeypatch, capsys):
+    """Run ``deepclust ARGS`` in this process (torch already loaded): (out, err)."""
+    monkeypatch.chdir(cwd)
+    code = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out, err
+
+
+def test_select_k_on_precomputed_features(tmp_path, monkeypatch, capsys):
+    # Check one row per k, the reasoning and a last line 'best k: 4' for four
+    # blobs given as features.
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=300, centers=4, n_features=5, random_state=0)
+    np.save(tmp_path / "features.npy", X)
+    out, _ = run_in_process(
+        "select-k", "features.npy", "--features", "precomputed", "--k-max", "7",
+        "--resamples", "4", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    lines = out.splitlines()
+    assert lines[-1] == "best k: 4"
+    rows = [line.split() for line in lines if re.match(r"^\s+\d+\s+[-\d.]+\s", line)]
+    assert [int(row[0]) for row in rows] == list(range(2, 8))
+    assert any(line.startswith("decision: ") for line in lines)
+
+
+def test_select_k_trains_once_on_images(workdir, fitted, monkeypatch, capsys):
+    # Check that select-k trains a ContrastiveDisentangler on the folder (the
+    # unreadable files skipped), prints the table, saves the stability plot and
+    # ends with 'best k: N'.
+    pytest.importorskip("matplotlib")
+    out, _ = run_in_process(
+        "select-k", "images", "--on-error", "skip", "--epochs", "1",
+        "--param", "n_heads=4", "--param", "batch_size=8", "--k-max", "4",
+        "--resamples", "3", "--plot", "k.png", "--quiet",
+        cwd=workdir, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    lines = out.splitlines()
+    assert re.fullmatch(r"best k: [234]", lines[-1]), out
+    assert "ContrastiveDisentangler (1 epochs), trained once" in out
+    assert f"samples clustered: {N_FILES - len(UNREADABLE)} of {N_FILES}" in out
+    with Image.open(workdir / "k.png") as image:
+        assert image.size[0] > 100
+
+
+def test_report_of_a_saved_model(workdir, fitted, monkeypatch, capsys):
+    # Check that 'deepclust report' writes one section per cluster, inlined
+    # images only, and counts the unreadable files.
+    pytest.importorskip("matplotlib")
+    out, _ = run_in_process(
+        "report", "cdc-model", "images", "-o", "cdc-report.html",
+        cwd=workdir, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert out.startswith("wrote cdc-report.html (")
+    text = (workdir / "cdc-report.html").read_text(encoding="utf-8")
+    assert text.count('<section class="cluster"') == 3
+    sources = re.findall(r'<img src="([^"]{0,22})', text)
+    assert sources and set(sources) == {"data:image/png;base64,"}
+    assert len(sources) == text.count("<img ")
+    assert "unreadable inputs" in text and "aa_first.png" in text
+
+
+def test_fit_with_report(workdir, fitted, monkeypatch, capsys):
+    # Check that 'fit --report' writes the report of the new model at the end,
+    # with the head galleries of a CD model.
+    pytest.importorskip("matplotlib")
+    out, _ = run_in_process(
+        "fit", "images", "--model", "cd", "--epochs", "1", "--on-error", "skip",
+        "--param", "n_heads=4", "--param", "batch_size=8", "-o", "cd-model",
+        "--report", "cd-report.html", "--quiet",
+        cwd=workdir, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert "wrote the report cd-report.html" in out
+    text = (workdir / "cd-report.html").read_text(encoding="utf-8")
+    assert '<h2 id="heads">' in text and '<section class="cluster"' in text
+    assert "fit wall time" in text
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["select-k", "images", "--k-min", "5", "--k-max", "3"],
+            "--k-max 3 is smaller than --k-min 5",
+        ),
+        (
+            ["select-k", "images", "--features", "precomputed"],
+            "--features precomputed needs DATA to be a .npy array",
+        ),
+        (["select-k", "missing_folder"], "DATA 'missing_folder' does not exist"),
+        (["report", "cdc.onnx", "images"], "MODEL 'cdc.onnx' is an ONNX file"),
+        (
+            ["report", "cdc-model", "images", "--n-clusters", "4"],
+            "--n-clusters applies to ContrastiveDisentangler models only",
+        ),
+        (
+            ["report", "cdc-model", "images", "-o", "no/such/r.html"],
+            "--output 'no/such/r.html': the folder",
+        ),
+        (
+            ["report", "cdc-model", "images", "--labels", "nolabels.npy"],
+            "--labels 'nolabels.npy' does not exist",
+        ),
+        (["fit", "images", "--report", "images"], "--report 'images' is a folder"),
+    ],
+    ids=[
+        "k-max-below-k-min",
+        "precomputed-folder",
+        "select-k-missing-data",
+        "report-onnx",
+        "report-n-clusters-cdc",
+        "report-missing-folder",
+        "report-missing-labels",
+        "fit-report-folder",
+    ],
+)
+def test_select_k_and_report_mistakes_give_one_line(
+    workdir, fitted, args, expected, monkeypatch, capsys
+):
+    # Check that each mistake gives one line naming the flag or path, status 1.
+    monkeypatch.chdir(workdir)
+    assert main(args) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"deepclust {args[0]}: error: ")
+    assert expected in lines[0], lines[0]
+
+
+def test_select_k_usage_error(capsys):
+    # Check that a k below 2 is a usage error (status 2) on one line.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["select-k", "images", "--k-min", "1"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert "argument --k-min: expected an integer >= 2, got '1'" in lines[0]

@@ -74,21 +74,25 @@ def test_two_processes_match_one_process_with_twice_the_batch(parity, family):
     np.testing.assert_allclose(
         saved["grads"][0], grads, rtol=1e-4, atol=2e-5 * np.abs(grads).max()
     )
-    np.testing.assert_allclose(saved["buffers"], worker.float_buffers(model),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        saved["buffers"], worker.float_buffers(model), rtol=1e-5, atol=1e-6
+    )
     if family == "cdc":
-        np.testing.assert_allclose(saved["codes"], codes.numpy(), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(saved["codes"], codes.numpy(), rtol=1e-5, atol=1e-6)
     # Record the differences for the closing note of the issue.
-    print(f"{family}: max |loss diff| = {np.abs(saved['loss'] - expected).max():.2e},"
-          f" max |grad diff| = {np.abs(saved['grads'][0] - grads).max():.2e}")
+    print(
+        f"{family}: max |loss diff| = {np.abs(saved['loss'] - expected).max():.2e},"
+        f" max |grad diff| = {np.abs(saved['grads'][0] - grads).max():.2e}"
+    )
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
-    np.save(out / "tabular.npy",
-            np.random.default_rng(0).normal(size=(41, 5)).astype(np.float32))
+    np.save(
+        out / "tabular.npy",
+        np.random.default_rng(0).normal(size=(41, 5)).astype(np.float32),
+    )
     images, _ = make_shape_images(N_IMAGES - 1, image_size=8, random_state=0)
     (out / "images").mkdir()
     readable = iter(images)
@@ -150,5 +154,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(fitted):
         resumed = np.load(fitted / f"resumed_rank{rank}.npz")
         np.testing.assert_array_equal(resumed["weights"], uninterrupted["weights"])
         np.testing.assert_array_equal(resumed["labels_"], uninterrupted["labels_"])
-        np.testing.assert_array_equal(resumed["train_loss"],
-                                      uninterrupted["train_loss"])
+        np.testing.assert_array_equal(
+            resumed["train_loss"], uninterrupted["train_loss"]
+        )

@@ -329,8 +329,18 @@ callable, default="auto"
 
         Each sample is augmented twice (with a fixed seed); the score is the
         fraction of first views whose most similar second view (cosine of head
-        activations, within batches of ``predict_batch_size``) is their own. It
-        does not depend on the loss temperatures, so GridSearchCV can compare them.
+        activations, within batches of ``predict_batch_size``) is their own twin.
+
+        Valid for comparing fits on the same data with the same ``n_heads`` and
+        ``predict_batch_size``, e.g. over temperatures, ``entropy_weight`` or
+        epochs in GridSearchCV: it does not depend on the loss.
+
+        Not valid across ``predict_batch_size`` values (chance is about one over
+        the batch size), across ``n_heads`` or across data sets. It measures how
+        well views are told apart, not the quality of a clustering, and says
+        nothing about the number of clusters for the KMeans that follows: use
+        :func:`deepclust.model_selection.select_n_clusters` (``deepclust
+        select-k``) for that.
 
         Parameters
         ----------

@@ -473,13 +473,25 @@ callable, default="auto"
         return self.n_clusters
 
     def score(self, X, y=None):
-        """Cluster consistency under augmentation times balance (higher is better).
+        """Agreement of two augmented views times cluster balance (higher is better).
 
         Each sample is augmented twice with a fixed seed; the score is the fraction
         whose two views fall in the same cluster, multiplied by the normalised
         entropy of the cluster sizes (1 for equal sizes, 0 when everything falls in
-        one cluster), so that a collapsed clustering cannot score well. It does not
-        depend on the temperatures or alpha, so GridSearchCV can compare them.
+        one cluster), so that a collapsed clustering cannot score well.
+
+        Valid for comparing fits with the same ``n_clusters`` on the same data that
+        differ in other settings (temperatures, ``cluster_weight``, epochs,
+        augmentation), e.g. in GridSearchCV: it does not depend on the loss.
+
+        Not valid for choosing ``n_clusters``: both factors depend on k (views
+        agree more easily when there are fewer clusters, and the balance is
+        normalised by log k); a GridSearchCV over ``n_clusters`` picked k=2 on 400
+        digits whose truth is 10. Use
+        :func:`deepclust.model_selection.select_n_clusters` (``deepclust
+        select-k``) instead. It does not measure agreement with true classes (use
+        :func:`deepclust.metrics.clustering_scores`) and cannot be compared across
+        data sets.
 
         Parameters
         ----------
