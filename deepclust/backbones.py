@@ -236,6 +236,7 @@ def make_backbone(
     stem: str = "auto",
     weights: str | os.PathLike | None = None,
     freeze: bool = False,
+    widths: Sequence[int] | None = None,
 ) -> tuple[nn.Module, int]:
     """Build the feature extractor f of a deep clustering model.
 
@@ -249,7 +250,8 @@ def make_backbone(
           with random initialisation (weights are never downloaded) and its
           ``fc`` layer replaced by :class:`torch.nn.Identity`; ``out_dim`` is
           512, 512 and 2048.
-        - ``"small_cnn"``: :class:`SmallCNN`, ``out_dim`` 256.
+        - ``"small_cnn"``: :class:`SmallCNN` (``widths`` sets its stage
+          widths), ``out_dim`` the last width (256 by default).
         - ``"mlp"``: :class:`MLP` with hidden widths (256, 256) for inputs of
           shape ``(B, n_features)``, or for images flattened to
           ``in_channels * H * W`` features; ``out_dim`` 256.
@@ -284,6 +286,9 @@ def make_backbone(
     freeze : bool, default=False
         If True, wrap the backbone in :class:`FrozenBackbone`: its parameters
         are not trained and its BatchNorm statistics are not updated.
+    widths : sequence of int, default=None
+        Stage widths of ``"small_cnn"`` (None: :class:`SmallCNN`'s default);
+        ignored by the other backbones.
 
     Returns
     -------
@@ -338,7 +343,9 @@ def make_backbone(
     if isinstance(spec, str) and spec in _RESNETS:
         module, out_dim = _make_resnet(spec, in_channels, image_size, stem)
     elif isinstance(spec, str) and spec == "small_cnn":
-        module = SmallCNN(in_channels)
+        module = (
+            SmallCNN(in_channels) if widths is None else SmallCNN(in_channels, widths)
+        )
         out_dim = module.out_dim
     elif isinstance(spec, str) and spec == "mlp":
         if n_features is None and image_size is not None:

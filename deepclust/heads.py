@@ -18,6 +18,7 @@ __all__ = [
     "FeaturePredictor",
     "InstanceProjector",
     "RowStableSigmoid",
+    "split_heads",
     "split_projection",
 ]
 
@@ -105,12 +106,14 @@ class FeaturePredictor(nn.Sequential):
 
 
 class CDCProjectionHead(nn.Sequential):
-    """CDC's MLP projection head: Linear(no bias) - BN - ReLU - Linear(K + C).
+    """CDC's MLP projection head: Linear(no bias) - BN - ReLU - Linear(H K + C).
 
-    The first ``n_clusters`` outputs are the cluster logits z^c, the remaining
-    ``instance_dim`` the instance part z^n (both normalised later, in the loss and at
-    inference). The paper uses the SimCLR/MoCo v2 two-layer head (lightly's
-    SimCLRProjectionHead for the small datasets).
+    The output holds ``n_heads`` cluster parts z^c_h of ``n_clusters`` logits each,
+    then the instance part z^n of ``instance_dim`` values (all normalised later, in
+    the loss and at inference). The paper uses one head, the SimCLR/MoCo v2
+    two-layer head (lightly's SimCLRProjectionHead for the small datasets); several
+    heads share the hidden layer and the instance part, so each head h with z^n is
+    exactly such a head, and they cost one wider output layer.
 
     Parameters
     ----------
@@ -119,12 +122,17 @@ class CDCProjectionHead(nn.Sequential):
     instance_dim : int, default=128
     hidden_dim : int, optional
         Defaults to ``input_dim``.
+    n_heads : int, default=1
+        Number H of cluster heads.
 
     Examples
     --------
     >>> import torch
     >>> CDCProjectionHead(32, n_clusters=3, instance_dim=8)(torch.randn(4, 32)).shape
     torch.Size([4, 11])
+    >>> CDCProjectionHead(32, n_clusters=3, instance_dim=8, n_heads=2)(
+    ...     torch.randn(4, 32)).shape
+    torch.Size([4, 14])
     """
 
     def __init__(
@@ -133,14 +141,36 @@ class CDCProjectionHead(nn.Sequential):
         n_clusters: int,
         instance_dim: int = 128,
         hidden_dim: int | None = None,
+        n_heads: int = 1,
     ) -> None:
         hidden_dim = hidden_dim or input_dim
         super().__init__(
             nn.Linear(input_dim, hidden_dim, bias=False),
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, n_clusters + instance_dim),
+            nn.Linear(hidden_dim, n_heads * n_clusters + instance_dim),
         )
+
+
+def split_heads(
+    projection: torch.Tensor, n_clusters: int, n_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's normalised cluster part (H, B, K) and the instance part (B, C).
+
+    Examples
+    --------
+    >>> import torch
+    >>> zc, zn = split_heads(torch.randn(4, 2 * 3 + 5), n_clusters=3, n_heads=2)
+    >>> zc.shape, zn.shape
+    (torch.Size([2, 4, 3]), torch.Size([4, 5]))
+    """
+    projection = projection.float()
+    width = n_heads * n_clusters
+    clusters = projection[:, :width].unflatten(1, (n_heads, n_clusters))
+    return (
+        F.normalize(clusters.transpose(0, 1), dim=-1),
+        F.normalize(projection[:, width:], dim=1),
+    )
 
 
 def split_projection(

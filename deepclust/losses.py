@@ -6,6 +6,9 @@ a fixed batch size). Similarity logits, entropies and Sinkhorn-Knopp are compute
 float32 even under bf16 autocast, because exp/log of low-precision logits loses the
 small differences the losses are made of.
 
+The losses are those of CD [1]_ and CDC [2]_, with SwAV's Sinkhorn-Knopp codes [3]_
+and SCAN's confidence-based cross-entropy [4]_.
+
 References
 ----------
 .. [1] Jiang, "Contrastive Disentangling: Fine-grained representation learning through
@@ -30,7 +33,7 @@ from deepclust import distributed
 from deepclust.distributed import gather_rows
 
 # CDCLoss reads the projection in the head's layout; re-exported for users.
-from deepclust.heads import split_projection
+from deepclust.heads import split_heads, split_projection
 
 __all__ = [
     "BinaryEntropy",
@@ -101,25 +104,54 @@ def nt_xent(
         rows_a, rows_b = rows_a.float(), rows_b.float()
         if normalize:
             rows_a, rows_b = F.normalize(rows_a, dim=1), F.normalize(rows_b, dim=1)
-        n_local = rows_a.shape[0]
-        all_a, all_b, offset = rows_a, rows_b, 0
-        if gather_distributed:
-            all_a, sizes = gather_rows(rows_a)
-            all_b = gather_rows(rows_b)[0]
-            # This process's anchors are the global rows offset .. offset + n_local.
-            offset = sum(sizes[: distributed.rank()])
-        n_items = all_a.shape[0]
-        anchors = torch.cat([rows_a, rows_b], dim=0)
-        logits = anchors @ torch.cat([all_a, all_b], dim=0).T / temperature
-        local = torch.arange(n_local, device=anchors.device) + offset
-        own = torch.cat([local, local + n_items])
-        # Excluding self-similarity with -inf keeps exactly the k != i terms of Eq. 3.
-        logits[torch.arange(2 * n_local, device=anchors.device), own] = float("-inf")
-        positives = torch.cat([local + n_items, local])
-        loss = F.cross_entropy(logits, positives)
-        if gather_distributed:
-            loss = loss * distributed.local_weight(n_local, anchors.device)
-        return loss
+        anchors, candidates, offset = _paired_rows(rows_a, rows_b, gather_distributed)
+        return _contrastive_loss(
+            anchors @ candidates.T, offset, temperature, gather_distributed
+        )
+
+
+def _paired_rows(rows_a, rows_b, gather_distributed):
+    """This process's anchors, the candidates (all processes' rows) and its offset.
+
+    Rows are indexed by their first axis; anchors are ``cat([rows_a, rows_b])``,
+    candidates the same over the global batch, and this process's rows are the
+    global rows ``offset .. offset + n_local`` of each view.
+    """
+    anchors = torch.cat([rows_a, rows_b], dim=0)
+    if not gather_distributed:
+        return anchors, anchors, 0
+    all_a, sizes = gather_rows(rows_a)
+    all_b = gather_rows(rows_b)[0]
+    return anchors, torch.cat([all_a, all_b], dim=0), sum(sizes[: distributed.rank()])
+
+
+def _contrastive_loss(similarity, offset, temperature, gather_distributed):
+    """NT-Xent from similarities (..., 2n anchors, 2N candidates) of paired rows.
+
+    Returns the mean over the anchors, one value per leading index (a scalar for
+    2-D similarities), weighted under torch.distributed so that the mean over
+    processes is the global-batch loss.
+    """
+    n_local, n_items = similarity.shape[-2] // 2, similarity.shape[-1] // 2
+    device = similarity.device
+    local = torch.arange(n_local, device=device) + offset
+    own = torch.cat([local, local + n_items])
+    logits = similarity / temperature
+    # Excluding self-similarity with -inf keeps exactly the k != i terms of Eq. 3.
+    logits[..., torch.arange(2 * n_local, device=device), own] = float("-inf")
+    positives = torch.cat([local + n_items, local])
+    loss = (
+        F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            positives.repeat(logits[..., 0, 0].numel()),
+            reduction="none",
+        )
+        .view(*logits.shape[:-2], 2 * n_local)
+        .mean(dim=-1)
+    )
+    if gather_distributed:
+        loss = loss * distributed.local_weight(n_local, device)
+    return loss
 
 
 class InstanceContrastiveLoss(nn.Module):
@@ -291,8 +323,9 @@ def sinkhorn(
 
     Parameters
     ----------
-    scores : Tensor of shape (B, K)
-        Cluster scores of B samples; treated as constants (no gradient).
+    scores : Tensor of shape (..., B, K)
+        Cluster scores of B samples (for each leading index, e.g. each cluster
+        head); treated as constants (no gradient).
     epsilon : float, default=0.05
         Entropic regularisation; smaller means harder assignments.
     n_iterations : int, default=3
@@ -303,7 +336,7 @@ def sinkhorn(
 
     Returns
     -------
-    Tensor of shape (B, K)
+    Tensor of shape (..., B, K)
         Soft codes; each row sums to 1.
 
     Examples
@@ -319,20 +352,20 @@ def sinkhorn(
     if gather_distributed and distributed.is_distributed():
         # The scores of a batch are tiny next to the network: solving the global
         # problem on every process equals the single-process result exactly.
-        all_scores, sizes = gather_rows(scores.detach())
+        all_scores, sizes = gather_rows(scores.detach().movedim(-2, 0))
         start = sum(sizes[: distributed.rank()])
-        codes = sinkhorn(all_scores, epsilon, n_iterations)
-        return codes[start : start + len(scores)]
+        codes = sinkhorn(all_scores.movedim(0, -2), epsilon, n_iterations)
+        return codes[..., start : start + scores.shape[-2], :]
     with torch.autocast(device_type=scores.device.type, enabled=False):
-        n_samples, n_clusters = scores.shape
-        log_q = scores.detach().float().T / epsilon  # (K, B)
-        log_q = log_q - torch.logsumexp(log_q.reshape(-1), dim=0)
+        n_samples, n_clusters = scores.shape[-2:]
+        log_q = scores.detach().float().transpose(-1, -2) / epsilon  # (..., K, B)
+        log_q = log_q - torch.logsumexp(log_q.flatten(-2), dim=-1)[..., None, None]
         for _ in range(n_iterations):
-            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+            log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
             log_q = log_q - math.log(n_clusters)
-            log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
+            log_q = log_q - torch.logsumexp(log_q, dim=-2, keepdim=True)
             log_q = log_q - math.log(n_samples)
-        return (log_q + math.log(n_samples)).exp().T
+        return (log_q + math.log(n_samples)).exp().transpose(-1, -2)
 
 
 class CDCLoss(nn.Module):
@@ -344,6 +377,12 @@ class CDCLoss(nn.Module):
     exp(s/tau) = exp(s^c/tau) * exp(s^n/tau): the factorisation behind CDC Eq. 2-3,
     where exp((s^c_ik - s^c_ii)/tau) acts as a learnt weight on each negative.
     Re-normalising would halve both similarities (s/2) and so silently double tau.
+
+    With ``n_heads`` H > 1 the projection holds H cluster parts before the shared
+    instance part (see :class:`deepclust.heads.CDCProjectionHead`); each head h
+    has its own loss with s = s^c_h + s^n, and the total is their mean, so one
+    backbone trains H clusterings at once (SCAN's multiple heads); the parts
+    ``cluster_head{h}`` tell which head clusters best.
 
     Parameters
     ----------
@@ -362,6 +401,17 @@ class CDCLoss(nn.Module):
     gather_distributed : bool, default=False
         Under torch.distributed, contrast with the global batch of all processes
         and balance the Sinkhorn codes over it (see :mod:`deepclust.distributed`).
+    n_heads : int, default=1
+        Number H of cluster heads in the projection.
+    neighbor_weight : float, default=0.0
+        Weight w of ``neighbor_targets`` in the targets of the cross-entropy:
+        (1 - w) * codes + w * neighbor_targets.
+
+    Attributes
+    ----------
+    last_codes : Tensor of shape (H, B, K) or None
+        Sinkhorn codes of the last call, averaged over the two views (detached),
+        for memory banks such as :class:`deepclust.objectives.NeighborBank`.
 
     Examples
     --------
@@ -370,6 +420,10 @@ class CDCLoss(nn.Module):
     >>> total, parts = loss(torch.randn(8, 3 + 5), torch.randn(8, 3 + 5))
     >>> sorted(parts)
     ['cluster', 'instance']
+    >>> total, parts = CDCLoss(3, n_heads=2)(torch.randn(8, 6 + 5),
+    ...                                      torch.randn(8, 6 + 5))
+    >>> sorted(parts)
+    ['cluster', 'cluster_head0', 'cluster_head1', 'instance']
     """
 
     def __init__(
@@ -382,6 +436,8 @@ class CDCLoss(nn.Module):
         sinkhorn_iterations: int = 3,
         swapped: bool = True,
         gather_distributed: bool = False,
+        n_heads: int = 1,
+        neighbor_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if int(n_clusters) != n_clusters or n_clusters < 2:
@@ -390,6 +446,12 @@ class CDCLoss(nn.Module):
             raise ValueError(
                 "sinkhorn_iterations must be an integer >= 1, got "
                 f"{sinkhorn_iterations!r}."
+            )
+        if int(n_heads) != n_heads or n_heads < 1:
+            raise ValueError(f"n_heads must be an integer >= 1, got {n_heads!r}.")
+        if not 0.0 <= neighbor_weight <= 1.0:
+            raise ValueError(
+                f"neighbor_weight must be in [0, 1], got {neighbor_weight!r}."
             )
         self.n_clusters = int(n_clusters)
         self.temperature = _check_temperature(temperature, "temperature")
@@ -401,54 +463,74 @@ class CDCLoss(nn.Module):
         self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.swapped = bool(swapped)
         self.gather_distributed = bool(gather_distributed)
+        self.n_heads = int(n_heads)
+        self.neighbor_weight = float(neighbor_weight)
+        self.last_codes = None
 
     def cluster_cross_entropy(
         self, z_cluster: torch.Tensor, codes: torch.Tensor
     ) -> torch.Tensor:
-        """CDC Eq. 7: -sum_k q_k log softmax(z^c / t)_k, averaged over samples."""
-        log_p = F.log_softmax(z_cluster / self.cluster_temperature, dim=1)
-        return -(codes * log_p).sum(dim=1).mean()
+        """CDC Eq. 7: -sum_k q_k log softmax(z^c / t)_k, averaged over samples.
+
+        For (..., B, K) inputs, one mean per leading index.
+        """
+        log_p = F.log_softmax(z_cluster / self.cluster_temperature, dim=-1)
+        return -(codes * log_p).sum(dim=-1).mean(dim=-1)
 
     def forward(
-        self, projection1: torch.Tensor, projection2: torch.Tensor
+        self,
+        projection1: torch.Tensor,
+        projection2: torch.Tensor,
+        neighbor_targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the total loss and its detached parts for two (B, K + C) views."""
-        if projection1.shape[1] <= self.n_clusters:
+        """Return the total loss and its detached parts for two (B, H K + C) views.
+
+        ``neighbor_targets`` of shape (H, B, K), when given, are mixed into the
+        cross-entropy targets with weight ``neighbor_weight``.
+        """
+        width = self.n_heads * self.n_clusters
+        if projection1.shape[1] <= width:
             raise ValueError(
                 f"The projection has {projection1.shape[1]} columns; it needs more "
-                "than "
-                f"n_clusters={self.n_clusters} (cluster part plus instance part)."
+                f"than n_heads * n_clusters = {width} (cluster parts plus instance "
+                "part)."
             )
+        gather = self.gather_distributed
         with torch.autocast(device_type=projection1.device.type, enabled=False):
-            zc1, zn1 = split_projection(projection1, self.n_clusters)
-            zc2, zn2 = split_projection(projection2, self.n_clusters)
-            gather = self.gather_distributed
-            instance = nt_xent(
-                torch.cat([zc1, zn1], dim=1),
-                torch.cat([zc2, zn2], dim=1),
-                self.temperature,
-                normalize=False,
-                gather_distributed=gather,
+            zc1, zn1 = split_heads(projection1, self.n_clusters, self.n_heads)
+            zc2, zn2 = split_heads(projection2, self.n_clusters, self.n_heads)
+            # s_h = s^n + s^c_h for every head h: (H, 2n anchors, 2N candidates).
+            anchors_n, candidates_n, offset = _paired_rows(zn1, zn2, gather)
+            anchors_c, candidates_c, _ = _paired_rows(
+                zc1.transpose(0, 1), zc2.transpose(0, 1), gather
             )
+            similarity = anchors_n @ candidates_n.T + torch.einsum(
+                "ahk,chk->hac", anchors_c, candidates_c
+            )
+            instance = _contrastive_loss(similarity, offset, self.temperature, gather)
             codes1, codes2 = (
-                sinkhorn(
-                    zc,
-                    self.sinkhorn_epsilon,
-                    self.sinkhorn_iterations,
-                    gather_distributed=gather,
-                )
+                sinkhorn(zc, self.sinkhorn_epsilon, self.sinkhorn_iterations,
+                         gather_distributed=gather)
                 for zc in (zc1, zc2)
-            )
+            )  # fmt: skip
+            self.last_codes = 0.5 * (codes1 + codes2)
             if self.swapped:
                 codes1, codes2 = codes2, codes1
+            if neighbor_targets is not None:
+                weight = self.neighbor_weight
+                codes1 = (1 - weight) * codes1 + weight * neighbor_targets
+                codes2 = (1 - weight) * codes2 + weight * neighbor_targets
             cluster = 0.5 * (
                 self.cluster_cross_entropy(zc1, codes1)
                 + self.cluster_cross_entropy(zc2, codes2)
             )
             if gather:  # a mean over this process's samples: see local_weight
-                cluster = cluster * distributed.local_weight(len(zc1), zc1.device)
-            total = instance + self.cluster_weight * cluster
-        return total, {"instance": instance.detach(), "cluster": cluster.detach()}
+                cluster = cluster * distributed.local_weight(zc1.shape[1], zc1.device)
+            total = (instance + self.cluster_weight * cluster).mean()
+        parts = {"instance": instance.mean(), "cluster": cluster.mean()}
+        if self.n_heads > 1:
+            parts.update({f"cluster_head{h}": c for h, c in enumerate(cluster)})
+        return total, {name: value.detach() for name, value in parts.items()}
 
 
 class ConfidenceBasedCE(nn.Module):

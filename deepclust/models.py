@@ -210,10 +210,15 @@ class CDCModel(_ScaledModel):
     """CDC network: backbone and one MLP head split into z^c and z^n.
 
     Outputs: ``"embedding"`` (backbone features), ``"projection"`` (the raw head
-    output, (B, n_clusters + instance_dim)), ``"cluster"`` and ``"instance"``
-    (the L2-normalised parts z^c and z^n), ``"logits"`` (z^c / t),
-    ``"probabilities"`` (their softmax) and ``"labels"`` (the argmax); by
+    output of the first cluster head, (B, n_clusters + instance_dim)),
+    ``"cluster"`` and ``"instance"`` (the L2-normalised parts z^c and z^n),
+    ``"logits"`` (z^c / t), ``"probabilities"`` (their softmax), ``"labels"``
+    (the argmax) and ``"all_projections"`` (the raw output of every head,
+    (B, n_heads * n_clusters + instance_dim), for training several heads); by
     default the projection, which the loss normalises.
+
+    With several cluster heads, :meth:`select_head` makes the best one the first,
+    which every output but ``"all_projections"`` uses.
 
     Parameters
     ----------
@@ -224,6 +229,8 @@ class CDCModel(_ScaledModel):
     instance_dim : int, default=128
     cluster_temperature : float, default=0.1
         t of softmax(z^c / t).
+    n_heads : int, default=1
+        Cluster heads trained together on the backbone (sharing z^n).
 
     Examples
     --------
@@ -245,6 +252,7 @@ class CDCModel(_ScaledModel):
         "logits",
         "probabilities",
         "labels",
+        "all_projections",
     )
     default_outputs = "projection"
 
@@ -257,6 +265,7 @@ class CDCModel(_ScaledModel):
         n_clusters: int,
         instance_dim: int = 128,
         cluster_temperature: float = 0.1,
+        n_heads: int = 1,
     ) -> None:
         super().__init__(backbone, scaler)
         if not cluster_temperature > 0:
@@ -264,14 +273,23 @@ class CDCModel(_ScaledModel):
                 f"cluster_temperature must be positive, got {cluster_temperature!r}."
             )
         self.n_clusters = n_clusters
+        self.n_heads = n_heads
         self.cluster_temperature = cluster_temperature
-        self.head = CDCProjectionHead(backbone_dim, n_clusters, instance_dim)
+        self.head = CDCProjectionHead(
+            backbone_dim, n_clusters, instance_dim, n_heads=n_heads
+        )
 
     def _outputs(self, embedding, names):
         values = {"embedding": embedding}
         if set(names) == {"embedding"}:
             return values
-        values["projection"] = self.head(embedding)
+        values["all_projections"] = self.head(embedding)
+        # The first head's part and the shared instance part: a one-head projection.
+        k = self.n_clusters
+        values["projection"] = torch.cat(
+            [values["all_projections"][:, :k],
+             values["all_projections"][:, self.n_heads * k :]], dim=1
+        )  # fmt: skip
         values["cluster"], values["instance"] = split_projection(
             values["projection"], self.n_clusters
         )
@@ -280,6 +298,26 @@ class CDCModel(_ScaledModel):
             values["probabilities"] = F.softmax(values["logits"], dim=1)
             values["labels"] = values["probabilities"].argmax(dim=1)
         return values
+
+    @torch.no_grad()
+    def select_head(self, index: int) -> None:
+        """Make cluster head ``index`` the first one, the one used for predictions.
+
+        The heads' rows of the last layer are swapped, so the network keeps its
+        shape (and its saved weights their names).
+        """
+        if not 0 <= index < self.n_heads:
+            raise ValueError(f"index must be in [0, {self.n_heads}); got {index!r}.")
+        k = self.n_clusters
+        order = torch.arange(
+            self.head[3].out_features, device=self.head[3].weight.device
+        )
+        order[:k], order[index * k : (index + 1) * k] = (
+            order[index * k : (index + 1) * k].clone(),
+            order[:k].clone(),
+        )
+        self.head[3].weight.copy_(self.head[3].weight[order])
+        self.head[3].bias.copy_(self.head[3].bias[order])
 
     def cluster_logits(self, unit_x: torch.Tensor) -> torch.Tensor:
         """z^c / t, whose softmax is the cluster probability."""
@@ -291,6 +329,8 @@ class CDCModel(_ScaledModel):
 
 
 _FAMILIES = {"cd": CDModel, "cdc": CDCModel}
+# Widths of "small_cnn" in models saved before descriptions recorded them.
+_FIRST_SMALL_CNN_WIDTHS = (64, 128, 256)
 
 
 def build_model(spec: dict) -> CDModel | CDCModel:
@@ -306,8 +346,10 @@ def build_model(spec: dict) -> CDModel | CDCModel:
         :func:`deepclust.backbones.make_backbone`), ``in_channels``,
         ``image_size`` (None for tabular input), ``n_features`` (tabular
         input), ``stem``, ``backbone_weights`` (a local file or None),
-        ``freeze_backbone`` and ``heads`` (keyword arguments of the model class
-        besides the backbone and the scaler).
+        ``freeze_backbone``, ``backbone_widths`` (stage widths of "small_cnn";
+        descriptions written before it existed mean (64, 128, 256)) and
+        ``heads`` (keyword arguments of the model class besides the backbone
+        and the scaler).
 
     Returns
     -------
@@ -337,6 +379,7 @@ def build_model(spec: dict) -> CDModel | CDCModel:
         stem=spec["stem"],
         weights=spec["backbone_weights"],
         freeze=spec["freeze_backbone"],
+        widths=spec.get("backbone_widths", _FIRST_SMALL_CNN_WIDTHS),
     )
     scaler = InputScaler(
         spec["n_features"] if tabular else spec["in_channels"], image=not tabular

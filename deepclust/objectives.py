@@ -17,12 +17,14 @@ criterion; nothing here depends on skorch or scikit-learn.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepclust import distributed
+from deepclust.heads import split_heads
 from deepclust.losses import CDCLoss, CDLoss, ConfidenceBasedCE
 
-__all__ = ["CDCObjective", "CDObjective", "two_views"]
+__all__ = ["CDCObjective", "CDObjective", "NeighborBank", "two_views"]
 
 
 def two_views(augment, unit: torch.Tensor, generator=None, *, channels_last=False):
@@ -64,7 +66,7 @@ class CDObjective(nn.Module):
         self.augment = augment
         self.channels_last = channels_last
 
-    def forward(self, model, unit, generator=None, epoch=0):
+    def forward(self, model, unit, generator=None, epoch=0, index=None):
         view1, view2 = two_views(
             self.augment, unit, generator, channels_last=self.channels_last
         )
@@ -73,19 +75,92 @@ class CDObjective(nn.Module):
         return self.loss(z1, z2, y1, y2)
 
 
+class NeighborBank(nn.Module):
+    """Mined nearest neighbours of the training samples and their latest codes.
+
+    SCAN's observation: an image and its nearest neighbours in a contrastive
+    embedding almost always show the same class, so a neighbour's cluster
+    assignment is a good extra target. The bank keeps, for every training sample,
+    its ``n_neighbors`` nearest samples (mined by :meth:`set_neighbors`, cosine
+    similarity) and the Sinkhorn codes it last received (:meth:`update`, per
+    cluster head); :meth:`targets` gives the mean code of a batch's neighbours,
+    at most one epoch old, with no extra forward pass. Everything is kept in
+    buffers, so training checkpoints hold it.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of training samples (indexed 0 .. n_samples - 1).
+    n_neighbors : int
+    n_heads : int
+    n_clusters : int
+
+    Examples
+    --------
+    >>> import torch
+    >>> bank = NeighborBank(4, n_neighbors=1, n_heads=1, n_clusters=2)
+    >>> bank.set_neighbors(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]]))
+    >>> bank.neighbors.tolist()
+    [[1], [0], [3], [2]]
+    >>> bank.update(torch.tensor([1, 3]), torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
+    >>> bank.targets(torch.tensor([0, 2])).tolist()
+    [[[1.0, 0.0], [0.0, 1.0]]]
+    """
+
+    def __init__(self, n_samples: int, n_neighbors: int, n_heads: int, n_clusters: int):
+        super().__init__()
+        self.n_neighbors = min(n_neighbors, max(1, n_samples - 1))
+        self.register_buffer(
+            "neighbors", torch.zeros(n_samples, self.n_neighbors, dtype=torch.long)
+        )
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer(
+            "codes", torch.full((n_heads, n_samples, n_clusters), 1.0 / n_clusters)
+        )
+
+    @torch.no_grad()
+    def set_neighbors(self, features: torch.Tensor, chunk: int = 1024) -> None:
+        """Mine the neighbours of every sample from its features (N, D)."""
+        features = F.normalize(features.float().to(self.codes.device), dim=1)
+        for start in range(0, len(features), chunk):
+            similarity = features[start : start + chunk] @ features.T
+            rows = torch.arange(len(similarity), device=similarity.device)
+            similarity[rows, rows + start] = -2.0  # a sample is not its own neighbour
+            self.neighbors[start : start + chunk] = similarity.topk(
+                self.n_neighbors, dim=1
+            ).indices
+        self.ready.fill_(True)
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, codes: torch.Tensor) -> None:
+        """Remember the codes (H, B, K) of the samples ``index``."""
+        self.codes[:, index.to(self.codes.device)] = codes.float()
+
+    @torch.no_grad()
+    def targets(self, index: torch.Tensor) -> torch.Tensor:
+        """Mean code (H, B, K) of the neighbours of the samples ``index``."""
+        neighbors = self.neighbors[index.to(self.codes.device)]
+        return self.codes[:, neighbors].mean(dim=2)
+
+
 class CDCObjective(nn.Module):
     """CDC: two views -> InfoNCE + alpha CE(Sinkhorn codes), then self-labelling.
+
+    Every cluster head of the model is trained (see
+    :class:`deepclust.losses.CDCLoss`); with a :class:`NeighborBank` whose
+    neighbours are mined, the targets of the cross-entropy also take the codes of
+    each sample's neighbours.
 
     For the first ``n_cluster_epochs`` epochs the loss is the CDC loss. After
     them, when a strong augmentation is given, SCAN's confidence-based
     cross-entropy between the un-augmented batch (the weak view, its logits
     computed without gradient with the model still in train mode) and a
-    strongly augmented view is **added** to the CDC loss. The CDC paper allows
-    the cross-entropy to be added or used alone; alone it trains on the few
-    confident samples only (3% of the digits at threshold 0.99) and the rest of
-    the representation drifts (digits ACC fell from 0.89 to 0.65 in 20 epochs).
-    Under torch.distributed the pseudo-labels and their class weights are those of
-    each process's batch.
+    strongly augmented view is **added** to the CDC loss, for every head. The
+    CDC paper allows the cross-entropy to be added or used alone; alone it trains
+    on the few confident samples only (3% of the digits at threshold 0.99) and
+    the rest of the representation drifts (digits ACC fell from 0.89 to 0.65 in
+    20 epochs). Under torch.distributed the pseudo-labels and their class weights
+    are those of each process's batch.
 
     Parameters
     ----------
@@ -98,6 +173,8 @@ class CDCObjective(nn.Module):
     n_cluster_epochs : int
         Epochs before self-labelling starts.
     channels_last : bool, default=False
+    neighbors : NeighborBank or None, default=None
+        Neighbour targets (used once its neighbours are mined).
 
     Examples
     --------
@@ -121,6 +198,7 @@ class CDCObjective(nn.Module):
         self_label_loss: ConfidenceBasedCE,
         n_cluster_epochs: int,
         channels_last=False,
+        neighbors: NeighborBank | None = None,
     ) -> None:
         super().__init__()
         self.loss = loss
@@ -129,23 +207,42 @@ class CDCObjective(nn.Module):
         self.self_label_loss = self_label_loss
         self.n_cluster_epochs = n_cluster_epochs
         self.channels_last = channels_last
+        self.neighbors = neighbors
 
-    def forward(self, model, unit, generator=None, epoch=0):
+    def forward(self, model, unit, generator=None, epoch=0, index=None):
         view1, view2 = two_views(
             self.augment, unit, generator, channels_last=self.channels_last
         )
-        loss, parts = self.loss(model(view1, "projection"), model(view2, "projection"))
+        banked = self.neighbors is not None and index is not None
+        targets = (
+            self.neighbors.targets(index) if banked and self.neighbors.ready else None
+        )
+        loss, parts = self.loss(
+            model(view1, "all_projections"), model(view2, "all_projections"), targets
+        )
+        if banked:
+            self.neighbors.update(index, self.loss.last_codes)
         if epoch < self.n_cluster_epochs or self.strong_augment is None:
             return loss, parts
         with torch.no_grad():
-            weak_logits = model(unit, "logits")
+            weak_logits = self._head_logits(model(unit, "all_projections"))
             strong = self.strong_augment(unit, generator)
-        strong_logits = model(strong, "logits")
-        self_label = self.self_label_loss(weak_logits, strong_logits)
-        if self_label is None:  # no confident sample in this batch
+        strong_logits = self._head_logits(model(strong, "all_projections"))
+        terms = [
+            term
+            for term in map(self.self_label_loss, weak_logits, strong_logits)
+            if term is not None  # a head with no confident sample in this batch
+        ]
+        if not terms:
             if not distributed.is_distributed():
                 return loss, parts
             # Every process must backpropagate through the same graph (synchronised
             # BatchNorm reduces in the backward pass): add a zero term instead.
-            self_label = strong_logits.sum() * 0.0
+            terms = [strong_logits.sum() * 0.0]
+        self_label = torch.stack(terms).mean()
         return loss + self_label, {**parts, "self_label": self_label.detach()}
+
+    def _head_logits(self, projections):
+        """z^c_h / t of every head: (H, B, K)."""
+        clusters, _ = split_heads(projections, self.loss.n_clusters, self.loss.n_heads)
+        return clusters / self.loss.cluster_temperature

@@ -77,9 +77,10 @@ def nan_loss_at_epoch(monkeypatch):
             original = objective.forward
 
             def forward(
-                self, model, unit, generator=None, epoch_index=0, original=original
-            ):
-                loss, parts = original(self, model, unit, generator, epoch_index)
+                self, model, unit, generator=None, epoch_index=0, index=None,
+                original=original,
+            ):  # fmt: skip
+                loss, parts = original(self, model, unit, generator, epoch_index, index)
                 if epoch_index + 1 >= epoch:
                     loss = loss * float("nan")
                 return loss, parts
@@ -201,10 +202,15 @@ def test_checkpoint_files_are_safetensors_and_json(tabular, tmp_path):
     tensors = load_file(tmp_path / content["weights_file"])
     module_state = est.net_.module_.state_dict()
     for name, value in module_state.items():
+        if name.startswith("head.3."):
+            # After training the best cluster head became the first one.
+            continue
         torch.testing.assert_close(tensors[f"module.{name}"], value, rtol=0, atol=0)
     assert any(name.startswith("optimizer.state.") for name in tensors)
     assert content["lr_scheduler"]["last_epoch"] == 3
-    assert set(content["generators"]) == {"shuffle_generator_", "augment_generator_"}
+    (process,) = content["processes"]
+    assert set(process["generators"]) == {"shuffle_generator_", "augment_generator_"}
+    assert "neighbors.codes" in process["criterion"]
     assert len(content["history"]) == 3
 
 

@@ -110,8 +110,8 @@ def test_bf16_on_cpu_trains_under_autocast(shape_images):
 
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 def test_fp32_on_cpu_has_no_autocast(shape_images, precision):
-    # Check that precision="fp32", and "auto" on the CPU, train without autocast
-    # and in the default NCHW layout.
+    # Check that precision="fp32", and "auto" on the CPU, train without autocast,
+    # and that images train channels-last there too (faster oneDNN kernels).
     images, _ = shape_images
     recorder = _ForwardRecorder("cpu")
     cd = ContrastiveDisentangler(
@@ -120,7 +120,8 @@ def test_fp32_on_cpu_has_no_autocast(shape_images, precision):
     assert cd.net_.precision_dtype is None
     assert recorder.states_
     assert not any(s["autocast"] for s in recorder.states_)
-    assert not cd.net_.criterion_.channels_last
+    assert cd.net_.criterion_.channels_last
+    assert all(s["channels_last"] for s in recorder.states_)
     assert np.isfinite(cd.history_[:, "train_loss"]).all()
 
 

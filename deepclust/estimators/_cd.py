@@ -291,7 +291,7 @@ callable, default="auto"
     def _head_params(self):
         return {"projection_dim": self.projection_dim, "n_heads": self.n_heads}
 
-    def _build_objective(self, channels_last, distributed=False):
+    def _build_objective(self, channels_last, distributed=False, n_samples=None):
         loss = CDLoss(
             self.instance_temperature,
             self.feature_temperature,

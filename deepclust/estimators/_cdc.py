@@ -17,8 +17,17 @@ from deepclust.estimators._base import (
     Float32TransformerMixin,
     warn_empty_clusters,
 )
+from deepclust.estimators._net import NeighborMining
 from deepclust.losses import CDCLoss, ConfidenceBasedCE
-from deepclust.objectives import CDCObjective
+from deepclust.objectives import CDCObjective, NeighborBank
+
+# Neighbour mining starts after this share of the clustering epochs (the
+# embedding is not worth mining before), and mines again every few epochs.
+_NEIGHBOR_START = 0.3
+_NEIGHBOR_EVERY = 3
+_MAX_NEIGHBOR_SAMPLES = 100_000
+# Heads are compared by their mean cluster loss over this many last epochs.
+_SELECTION_EPOCHS = 3
 
 
 # Float32TransformerMixin comes before ClusterMixin, whose tags would otherwise
@@ -75,6 +84,21 @@ class CDCClusterer(
         Sinkhorn-Knopp iterations.
     swapped_assignment : bool, default=True
         Use the other view's Sinkhorn codes as targets (True) or the same view's.
+    n_cluster_heads : int, default=10
+        Cluster heads trained together on the backbone (SCAN trains several);
+        after training the one whose cross-entropy over the last 3 epochs is the
+        lowest is kept for predictions (``selected_head_``). The losses tell the
+        heads apart without labels, and picking among 10 of them removes the bad
+        optima that single heads reach on some seeds. 1: the paper's single head.
+    neighbor_weight : float, default=0.5
+        Weight w of the nearest neighbours' codes in the cross-entropy targets,
+        (1 - w) * own codes + w * neighbours' codes (SCAN's observation that
+        neighbours in a contrastive embedding share their class). Neighbours are
+        mined in the instance part z^n from 30 % of ``max_epochs`` on, every 3
+        epochs, when the training set has at most 100,000 samples. 0: the paper's
+        targets.
+    n_neighbors : int, default=5
+        Neighbours of each sample.
     self_label_epochs : int, default=0
         Epochs of self-labelling after the ``max_epochs`` clustering epochs: the
         CDC loss plus SCAN's confidence-based cross-entropy between un-augmented
@@ -258,6 +282,9 @@ callable, default="auto"
         sinkhorn_epsilon=0.05,
         sinkhorn_iterations=3,
         swapped_assignment=True,
+        n_cluster_heads=10,
+        neighbor_weight=0.5,
+        n_neighbors=5,
         self_label_epochs=0,
         self_label_threshold=0.99,
         self_label_lr=1e-4,
@@ -300,6 +327,9 @@ callable, default="auto"
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_iterations = sinkhorn_iterations
         self.swapped_assignment = swapped_assignment
+        self.n_cluster_heads = n_cluster_heads
+        self.neighbor_weight = neighbor_weight
+        self.n_neighbors = n_neighbors
         self.self_label_epochs = self_label_epochs
         self.self_label_threshold = self_label_threshold
         self.self_label_lr = self_label_lr
@@ -346,6 +376,9 @@ callable, default="auto"
         "sinkhorn_epsilon": [Interval(Real, 0, None, closed="neither")],
         "sinkhorn_iterations": [Interval(Integral, 1, None, closed="left")],
         "swapped_assignment": ["boolean"],
+        "n_cluster_heads": [Interval(Integral, 1, None, closed="left")],
+        "neighbor_weight": [Interval(Real, 0, 1, closed="both")],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "self_label_epochs": [Interval(Integral, 0, None, closed="left")],
         "self_label_threshold": [Interval(Real, 0, 1, closed="left")],
         "self_label_lr": [Interval(Real, 0, None, closed="neither")],
@@ -361,14 +394,49 @@ callable, default="auto"
                 "at least n_clusters samples are needed."
             )
 
+    # Parameters added after models were first saved, with the value that
+    # describes those models (one head, no neighbours).
+    _legacy_params = {"n_cluster_heads": 1, "neighbor_weight": 0.0}
+
     def _head_params(self):
-        return {
+        params = {
             "n_clusters": self.n_clusters,
             "instance_dim": self.instance_dim,
             "cluster_temperature": self.cluster_temperature,
         }
+        if self.n_cluster_heads > 1:
+            params["n_heads"] = self.n_cluster_heads
+        return params
 
-    def _build_objective(self, channels_last, distributed=False):
+    def _resolve_training_config(self, n_samples, device, **choices):
+        config = super()._resolve_training_config(n_samples, device, **choices)
+        # A neighbour bank holds N x heads x clusters codes and mining compares
+        # all N samples: beyond this many, leave neighbours out.
+        use = self.neighbor_weight > 0 and (n_samples or 0) <= _MAX_NEIGHBOR_SAMPLES
+        # Never before the second epoch: an untrained embedding has no neighbours
+        # worth having.
+        config["neighbor_start_epoch"] = (
+            max(1, round(_NEIGHBOR_START * config["max_epochs"])) if use else None
+        )
+        return config
+
+    def _training_callbacks(self):
+        start = self.training_config_.get("neighbor_start_epoch")
+        if start is None:
+            return []
+        return [
+            (
+                "neighbor_mining",
+                NeighborMining(start, _NEIGHBOR_EVERY, self.predict_batch_size),
+            )
+        ]
+
+    def _build_objective(self, channels_last, distributed=False, n_samples=None):
+        neighbors = None
+        if n_samples and self.training_config_.get("neighbor_start_epoch") is not None:
+            neighbors = NeighborBank(
+                n_samples, self.n_neighbors, self.n_cluster_heads, self.n_clusters
+            )
         loss = CDCLoss(
             self.n_clusters,
             temperature=self.temperature,
@@ -378,6 +446,8 @@ callable, default="auto"
             sinkhorn_iterations=self.sinkhorn_iterations,
             swapped=self.swapped_assignment,
             gather_distributed=distributed,
+            n_heads=self.n_cluster_heads,
+            neighbor_weight=self.neighbor_weight,
         )
         augment = self._augment()
         strong = None
@@ -395,6 +465,7 @@ callable, default="auto"
             ConfidenceBasedCE(self.self_label_threshold),
             n_cluster_epochs=self.training_config_["max_epochs"],
             channels_last=channels_last,
+            neighbors=neighbors,
         )
 
     def _total_epochs(self):
@@ -404,6 +475,7 @@ callable, default="auto"
         return self.self_label_lr
 
     def _after_fit(self, source):
+        self._select_cluster_head()
         probabilities = self.net_.outputs(
             source, ["probabilities"], self.predict_batch_size
         )[0]
@@ -412,6 +484,21 @@ callable, default="auto"
             self.labels_[self.labels_ >= 0], minlength=self.n_clusters
         )
         warn_empty_clusters(self.cluster_sizes_, type(self).__name__)
+
+    def _select_cluster_head(self):
+        """Keep the head whose cluster loss was the lowest over the last epochs."""
+        self.selected_head_ = 0
+        self.head_losses_ = None
+        if self.n_cluster_heads == 1:
+            return
+        window = self.history_[-_SELECTION_EPOCHS:]
+        self.head_losses_ = np.array([
+            np.mean([batch[f"cluster_head{h}_loss"]
+                     for epoch in window for batch in epoch["batches"]])
+            for h in range(self.n_cluster_heads)
+        ])  # fmt: skip
+        self.selected_head_ = int(np.argmin(self.head_losses_))
+        self.net_.unwrapped_module().select_head(self.selected_head_)
 
     def predict_proba(self, X):
         """Cluster probabilities softmax(z^c / t).

@@ -42,6 +42,7 @@ __all__ = [
     "ShardBatches",
     "InputDataset",
     "LRFactor",
+    "NeighborMining",
     "TrainingDivergedError",
     "resolve_device",
 ]
@@ -184,6 +185,30 @@ def _device_budget(device: torch.device) -> int:
 # ---------------------------------------------------------------------------
 # Callbacks and schedule
 # ---------------------------------------------------------------------------
+
+
+class NeighborMining(Callback):
+    """Mine the nearest neighbours of the training samples for a neighbour bank.
+
+    From epoch ``start_epoch`` (0-based) on and then every ``every`` epochs, the
+    instance part z^n of every training sample is computed in eval mode and the
+    objective's :class:`~deepclust.objectives.NeighborBank` mines its neighbours
+    there (in a distributed fit, among this process's share).
+    """
+
+    def __init__(self, start_epoch: int, every: int, batch_size: int):
+        self.start_epoch = start_epoch
+        self.every = every
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        epoch = len(net.history) - 1
+        due = epoch >= self.start_epoch and (epoch - self.start_epoch) % self.every == 0
+        if due:
+            features = net.outputs(
+                dataset_train.source, ["instance"], self.batch_size, input_rows=False
+            )[0]
+            net.criterion_.neighbors.set_neighbors(torch.from_numpy(features))
 
 
 class EpochProgress(Callback):
@@ -434,8 +459,9 @@ class ContrastiveNet(NeuralNet):
         unit = self.to_unit(batch[0])
         epoch = len(self.history) - 1
         with self.autocast():
+            # The objective gets the samples' positions too (neighbour banks).
             loss, parts = self.criterion_(
-                self.module_, unit, self.augment_generator_, epoch
+                self.module_, unit, self.augment_generator_, epoch, index=batch[1]
             )
         if loss is None:
             if self.distributed:
@@ -471,8 +497,10 @@ class ContrastiveNet(NeuralNet):
                 f"batch {batch_index}. Try a lower lr, gradient clipping "
                 "(grad_clip_norm=1.0) or precision='fp32'."
             )
-        for name, value in parts.items():
-            self.history.record_batch(f"{name}_loss", float(value))
+        # One transfer for all the parts: each float() would wait for the device.
+        for name, value in zip(parts, torch.stack(list(parts.values())).tolist(),
+                               strict=True):  # fmt: skip
+            self.history.record_batch(f"{name}_loss", value)
         return {"loss": loss.detach(), "y_pred": None}
 
     @contextmanager
@@ -495,7 +523,9 @@ class ContrastiveNet(NeuralNet):
         for _, raw in batches:
             yield self.to_unit(torch.from_numpy(np.ascontiguousarray(raw)))
 
-    def outputs(self, source, names, batch_size: int) -> list[np.ndarray]:
+    def outputs(
+        self, source, names, batch_size: int, *, input_rows: bool = True
+    ) -> list[np.ndarray]:
         """Named model outputs of every input of ``source``, one row per input.
 
         The model runs in eval mode, without gradient, in batches of
@@ -508,6 +538,10 @@ class ContrastiveNet(NeuralNet):
         names : sequence of str
             Output names of the model.
         batch_size : int
+
+        input_rows : bool, default=True
+            One row per input of ``source`` (readable or not); False gives one
+            row per readable input, in the order the training data indexes them.
 
         Returns
         -------
@@ -526,7 +560,8 @@ class ContrastiveNet(NeuralNet):
             values = torch.cat(part)[: source.n_samples]
             values = values.float() if values.is_floating_point() else values
             fill = -1 if name == "labels" else np.nan
-            results.append(source.to_input_rows(values.numpy(), fill))
+            values = values.numpy()
+            results.append(source.to_input_rows(values, fill) if input_rows else values)
         return results
 
     def augmented_pairs(self, source, name: str, batch_size: int, seed: int = 0):

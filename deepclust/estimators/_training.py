@@ -140,24 +140,19 @@ class TrainingRecovery(Callback):
         self.snapshot_epoch_ = epoch
         due = epoch % self.checkpoint_every == 0 or epoch >= net.max_epochs
         if self.checkpoint_dir is not None and due:
-            generators = [
-                {name: generator_state(getattr(net, name)) for name in GENERATORS}
-            ]
+            # What each process holds on its own: its random generators and the
+            # state of its objective (e.g. a neighbour bank of its share).
+            processes = [_process_state(net)]
             if net.distributed:
-                # Each process draws from its own generators: keep all of them,
-                # so that a resumed job continues every stream.
-                generators = [None] * distributed.world_size()
-                torch.distributed.all_gather_object(
-                    generators,
-                    {name: generator_state(getattr(net, name)) for name in GENERATORS},
-                )
+                processes = [None] * distributed.world_size()
+                torch.distributed.all_gather_object(processes, _process_state(net))
             if net.process_rank == 0:
                 write_checkpoint(
                     net,
                     self.snapshot_,
                     self.checkpoint_dir,
                     self.fingerprint,
-                    generators,
+                    processes,
                 )
             self.checkpoint_epoch_ = epoch
 
@@ -191,7 +186,16 @@ def _lr_scheduler(net):
 # ---------------------------------------------------------------------------
 
 
-def write_checkpoint(net, module_state, directory, fingerprint, generators) -> None:
+def _process_state(net) -> dict:
+    return {
+        "generators": {
+            name: generator_state(getattr(net, name)) for name in GENERATORS
+        },
+        "criterion": _cpu_copy(net.criterion_.state_dict()),
+    }
+
+
+def write_checkpoint(net, module_state, directory, fingerprint, processes) -> None:
     """Write the training state after the current epoch, replacing the previous one.
 
     The weights go to a new ``checkpoint-epochNNNNN.safetensors`` and only then
@@ -223,13 +227,8 @@ def write_checkpoint(net, module_state, directory, fingerprint, generators) -> N
         else encode_tree(
             scheduler.state_dict(), tensors, "lr_scheduler", where="the scheduler state"
         ),
-        # The generators of the process, or of every process of a distributed job.
-        "generators": encode_tree(generators[0], tensors, "generators")
-        if len(generators) == 1
-        else None,
-        "process_generators": encode_tree(generators, tensors, "process_generators")
-        if len(generators) > 1
-        else None,
+        # The generators and objective states of every process.
+        "processes": encode_tree(processes, tensors, "processes"),
         "history": encode_tree(
             net.history.to_list(), tensors, "history", where="the history"
         ),
@@ -357,9 +356,14 @@ def _restore_training_state(net, checkpoint, directory) -> None:
             f"{what}: its optimizer state does not fit the model ({exc})."
         ) from None
     net.history = History(checkpoint["history"])
-    # Checkpoints written before distributed training have no per-process list.
-    per_process = checkpoint.get("process_generators") or [checkpoint["generators"]]
-    restore_generators(net, per_process[net.process_rank])
+    # Checkpoints of deepclust 0.1 hold one process's generators only.
+    processes = checkpoint.get("processes") or [
+        {"generators": checkpoint["generators"]}
+    ]
+    own = processes[net.process_rank]
+    restore_generators(net, own["generators"])
+    if own.get("criterion"):
+        net.criterion_.load_state_dict(own["criterion"])
 
 
 # ---------------------------------------------------------------------------
