@@ -11,6 +11,10 @@ All draws come from an optional :class:`torch.Generator`, so a seeded generator
 reproduces the views exactly. :func:`simclr_pil_transform` keeps the reference
 per-image PIL pipeline for comparison.
 
+:class:`SimCLRAugment` draws SimCLR's views [1]_ as the CD reference code does [2]_;
+:class:`StrongAugment` is SCAN's strong view [3]_ (RandAugment operations [4]_ and
+cutout).
+
 References
 ----------
 .. [1] Chen et al., "A Simple Framework for Contrastive Learning of Visual
@@ -596,8 +600,9 @@ class SimCLRAugment(nn.Module):
 
         Returns
         -------
-        views : torch.Tensor of shape (B, C, *output_size)
-            Float32 views with values in [0, 1].
+        views : torch.Tensor of shape (B, C, height, width)
+            Float32 views with values in [0, 1]; ``(height, width)`` is
+            ``output_size``.
         """
         _check_images(x)
         _check_generator(generator, x.device)

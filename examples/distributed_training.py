@@ -12,6 +12,10 @@ estimator notices the launcher (``distributed="auto"``): each process reads ever
 second image, the contrastive losses and the Sinkhorn codes use the global batch
 of both processes, and both processes end with the same fitted model. Only
 process 0 prints and saves.
+
+This example is not executed when the documentation is built, since it needs a
+launcher: run the command above to see its output. See :doc:`/scaling` for
+launching on several machines and what is global and what is per process.
 """
 
 import argparse
