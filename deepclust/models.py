@@ -11,6 +11,8 @@ channels before the backbone.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ from deepclust.heads import (
     split_projection,
 )
 
-__all__ = ["CDCModel", "CDModel", "InputScaler", "build_model"]
+__all__ = ["CDCModel", "CDModel", "InputScaler", "balancing_bias", "build_model"]
 
 
 class InputScaler(nn.Module):
@@ -218,7 +220,9 @@ class CDCModel(_ScaledModel):
     default the projection, which the loss normalises.
 
     With several cluster heads, :meth:`select_head` makes the best one the first,
-    which every output but ``"all_projections"`` uses.
+    which every output but ``"all_projections"`` uses. The buffer
+    ``cluster_bias`` (zeros unless set, see :func:`balancing_bias`) shifts the
+    cluster scores before the softmax: ``logits`` = (z^c + bias) / t.
 
     Parameters
     ----------
@@ -255,6 +259,9 @@ class CDCModel(_ScaledModel):
         "all_projections",
     )
     default_outputs = "projection"
+    # Buffers that models saved before they existed lack; loading keeps their
+    # initial value (no bias).
+    optional_state = ("cluster_bias",)
 
     def __init__(
         self,
@@ -278,6 +285,7 @@ class CDCModel(_ScaledModel):
         self.head = CDCProjectionHead(
             backbone_dim, n_clusters, instance_dim, n_heads=n_heads
         )
+        self.register_buffer("cluster_bias", torch.zeros(n_clusters))
 
     def _outputs(self, embedding, names):
         values = {"embedding": embedding}
@@ -293,7 +301,9 @@ class CDCModel(_ScaledModel):
         values["cluster"], values["instance"] = split_projection(
             values["projection"], self.n_clusters
         )
-        values["logits"] = values["cluster"] / self.cluster_temperature
+        values["logits"] = (values["cluster"] + self.cluster_bias) / (
+            self.cluster_temperature
+        )
         if "probabilities" in names or "labels" in names:
             values["probabilities"] = F.softmax(values["logits"], dim=1)
             values["labels"] = values["probabilities"].argmax(dim=1)
@@ -326,6 +336,67 @@ class CDCModel(_ScaledModel):
     def cluster_probabilities(self, unit_x: torch.Tensor) -> torch.Tensor:
         """softmax(z^c / t) of shape (B, n_clusters)."""
         return self(unit_x, "probabilities")
+
+
+@torch.no_grad()
+def balancing_bias(
+    z_cluster: torch.Tensor, epsilon: float = 0.05, n_iterations: int = 200
+) -> torch.Tensor:
+    """The smallest cluster bias that leaves no cluster of ``z_cluster`` empty.
+
+    Sinkhorn-Knopp over all samples (the training objective balances every
+    batch the same way) gives the bias b = epsilon * log v under which the
+    assignments argmax_k(z_ik + b_k) split the samples equally; the bias returned
+    is the smallest fraction of it (found by bisection) under which every cluster
+    keeps at least one sample, so clusters that are already filled move as little
+    as possible.
+
+    Parameters
+    ----------
+    z_cluster : Tensor of shape (N, K)
+        Normalised cluster parts of N >= K samples.
+    epsilon : float, default=0.05
+        The entropic regularisation of the training's Sinkhorn-Knopp.
+    n_iterations : int, default=200
+
+    Returns
+    -------
+    bias : Tensor of shape (K,)
+        Zeros when no cluster is empty.
+
+    Examples
+    --------
+    >>> import torch
+    >>> z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
+    >>> bias = balancing_bias(z)
+    >>> torch.bincount((z + bias).argmax(dim=1), minlength=2).tolist()
+    [3, 1]
+    """
+    z = z_cluster.double().cpu()
+    n_samples, n_clusters = z.shape
+
+    def counts(bias):
+        return torch.bincount((z + bias).argmax(dim=1), minlength=n_clusters)
+
+    if n_samples < n_clusters or (counts(0.0) > 0).all():
+        return torch.zeros(n_clusters, dtype=z_cluster.dtype)
+    log_kernel = z / epsilon
+    log_v = torch.zeros(n_clusters, dtype=z.dtype)
+    for _ in range(n_iterations):
+        log_u = -torch.logsumexp(log_kernel + log_v, dim=1)
+        log_v = math.log(n_samples / n_clusters) - torch.logsumexp(
+            log_kernel + log_u[:, None], dim=0
+        )
+    full = epsilon * (log_v - log_v.mean())
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = 0.5 * (low + high)
+        low, high = (
+            (middle, high) if (counts(middle * full) == 0).any() else (low, middle)
+        )
+    # The bisection ends on a tie between two clusters: step a little past it, so
+    # that rounding cannot undo it.
+    return (min(1.0, 1.1 * high) * full).to(z_cluster.dtype)
 
 
 _FAMILIES = {"cd": CDModel, "cdc": CDCModel}

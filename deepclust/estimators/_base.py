@@ -865,6 +865,10 @@ def load_estimator(path, *, device=None):
         for name, tensor in tensors.items()
         if name.startswith(_MODULE_PREFIX)
     }
+    # Buffers added since the model was saved keep their initial value.
+    current = model.state_dict()
+    for name in getattr(model, "optional_state", ()):
+        weights.setdefault(name, current[name])
     check_state_dict(model.state_dict(), weights, what)
     model.load_state_dict(weights)
     estimator.net_ = estimator._build_net(model, target, 0)

@@ -19,6 +19,7 @@ from deepclust.estimators._base import (
 )
 from deepclust.estimators._net import NeighborMining
 from deepclust.losses import CDCLoss, ConfidenceBasedCE
+from deepclust.models import balancing_bias
 from deepclust.objectives import CDCObjective, NeighborBank
 
 # Neighbour mining starts after this share of the clustering epochs (the
@@ -217,8 +218,15 @@ callable, default="auto"
         ``fit_predict(X)`` equals ``fit(X).predict(X)``); -1 for image files
         that could not be read (``on_error="skip"``).
     cluster_sizes_ : ndarray of shape (n_clusters,)
-        Number of training samples in each cluster (a ConvergenceWarning is
-        raised when some are empty).
+        Number of training samples in each cluster. When the training left a
+        cluster without samples, the fit's last step gives the model the
+        smallest cluster bias that fills every cluster (with at least
+        ``n_clusters`` samples).
+    selected_head_ : int
+        The cluster head kept for predictions (see ``n_cluster_heads``).
+    head_losses_ : ndarray of shape (n_cluster_heads,) or None
+        Each head's mean cluster loss over the last 3 epochs, the criterion of
+        the choice (None for a single head).
     net_ : ContrastiveNet
         The trained skorch net; ``net_.module_`` is the torch :class:`CDCModel`.
     history_ : skorch.History
@@ -476,6 +484,7 @@ callable, default="auto"
 
     def _after_fit(self, source):
         self._select_cluster_head()
+        self._fill_empty_clusters(source)
         probabilities = self.net_.outputs(
             source, ["probabilities"], self.predict_batch_size
         )[0]
@@ -484,6 +493,23 @@ callable, default="auto"
             self.labels_[self.labels_ >= 0], minlength=self.n_clusters
         )
         warn_empty_clusters(self.cluster_sizes_, type(self).__name__)
+
+    def _fill_empty_clusters(self, source):
+        """Set the smallest cluster bias under which no cluster is left empty.
+
+        Every batch was balanced by Sinkhorn-Knopp, but a short training can
+        still leave a cluster without any training sample; the last step of the
+        fit then solves the same balancing over all training samples
+        (:func:`deepclust.models.balancing_bias`), and the model keeps the bias,
+        so ``predict``, ``predict_proba`` and the ONNX export use it too.
+        """
+        model = self.net_.unwrapped_module()
+        model.cluster_bias.zero_()
+        clusters = self.net_.outputs(source, ["cluster"], self.predict_batch_size)[0]
+        clusters = self._gather_fit_rows(clusters, np.nan)
+        clusters = clusters[~np.isnan(clusters).any(axis=1)]
+        bias = balancing_bias(torch.from_numpy(clusters), self.sinkhorn_epsilon)
+        model.cluster_bias.copy_(bias.to(model.cluster_bias.device))
 
     def _select_cluster_head(self):
         """Keep the head whose cluster loss was the lowest over the last epochs."""

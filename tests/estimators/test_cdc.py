@@ -209,3 +209,92 @@ def test_grid_search(blobs, scoring):
         assert ((scores >= 0) & (scores <= 1)).all()
     assert search.best_params_ in search.cv_results_["params"]
     assert search.best_estimator_.labels_.shape == (60,)
+
+
+def test_best_cluster_head_is_kept(blobs):
+    # Check that with several heads the one with the lowest cluster loss over the
+    # last epochs is selected, recorded, and used by predict: its loss is the
+    # smallest of the per-head losses recorded in the history.
+    cdc = CDCClusterer(**TINY, n_cluster_heads=4).fit(blobs[0])
+    window = cdc.history_[-3:]
+    losses = [
+        np.mean([b[f"cluster_head{h}_loss"] for e in window for b in e["batches"]])
+        for h in range(4)
+    ]
+    np.testing.assert_allclose(cdc.head_losses_, losses)
+    assert cdc.selected_head_ == int(np.argmin(losses))
+    model = cdc.net_.module_
+    assert model.head[3].out_features == 4 * 3 + TINY["instance_dim"]
+    single = CDCClusterer(**TINY, n_cluster_heads=1).fit(blobs[0])
+    assert single.selected_head_ == 0 and single.head_losses_ is None
+
+
+def test_select_head_moves_the_head_first():
+    # Check that CDCModel.select_head makes the chosen head's outputs the ones of
+    # the first head, and keeps every head.
+    import torch
+
+    from deepclust.models import CDCModel, InputScaler
+
+    torch.manual_seed(0)
+    model = CDCModel(
+        torch.nn.Identity(),
+        4,
+        InputScaler(4, image=False),
+        n_clusters=3,
+        instance_dim=2,
+        n_heads=3,
+    ).eval()
+    x = torch.randn(5, 4)
+    before = model(x, "all_projections")
+    model.select_head(2)
+    after = model(x, "all_projections")
+    torch.testing.assert_close(after[:, :3], before[:, 6:9])
+    torch.testing.assert_close(after[:, 6:9], before[:, :3])
+    torch.testing.assert_close(after[:, 9:], before[:, 9:])
+    torch.testing.assert_close(
+        model(x, "projection"), torch.cat([before[:, 6:9], before[:, 9:]], dim=1)
+    )
+
+
+def test_neighbours_are_mined_and_used(blobs):
+    # Check that neighbour targets start after 30 % of the epochs: the bank is
+    # mined, holds each sample's nearest samples in z^n, and changes the cluster
+    # loss; neighbor_weight=0 trains without a bank.
+    params = {**TINY, "max_epochs": 4, "n_neighbors": 3}
+    cdc = CDCClusterer(**params).fit(blobs[0])
+    bank = cdc.net_.criterion_.neighbors
+    assert bool(bank.ready) and bank.neighbors.shape == (60, 3)
+    rows = np.arange(60)[:, None]
+    assert not (bank.neighbors.numpy() == rows).any()
+    plain = CDCClusterer(**params, neighbor_weight=0.0).fit(blobs[0])
+    assert plain.net_.criterion_.neighbors is None
+    late = lambda est: est.history_[-1, "batches", :, "cluster_loss"]  # noqa: E731
+    assert not np.allclose(late(cdc), late(plain))
+    assert cdc.training_config_["neighbor_start_epoch"] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_empty_cluster_after_short_trainings(seed):
+    # Check that with n_samples >= 10 * n_clusters no cluster is left empty,
+    # even after one or two epochs, and that predict agrees with labels_ (the
+    # balancing bias is part of the model).
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=200, centers=5, n_features=8, random_state=0)
+    for epochs in (1, 2):
+        cdc = CDCClusterer(n_clusters=10, max_epochs=epochs, random_state=seed).fit(X)
+        assert (cdc.cluster_sizes_ > 0).all(), cdc.cluster_sizes_
+        np.testing.assert_array_equal(cdc.predict(X), cdc.labels_)
+
+
+def test_check_clustering_at_a_short_budget():
+    # Check scikit-learn's check_clustering (consecutive labels from 0, ARI > 0.4)
+    # with the short budget that left clusters empty before.
+    from sklearn.utils.estimator_checks import check_clustering
+
+    for seed in range(3):
+        check_clustering(
+            "CDCClusterer",
+            CDCClusterer(n_clusters=4, max_epochs=2, batch_size=32, random_state=seed),
+        )
