@@ -442,12 +442,17 @@ def build_model(spec: dict) -> CDModel | CDCModel:
             f"{spec.get('family')!r}."
         )
     tabular = spec["image_size"] is None
+    stem = spec["stem"]
+    if spec["backbone"] == "small_cnn" and stem == "auto":
+        # Descriptions record the resolved stem of "small_cnn" since it gained a
+        # strided one; "auto" comes from older models, all at stride 1.
+        stem = "cifar"
     backbone, backbone_dim = make_backbone(
         spec["backbone"],
         in_channels=spec["in_channels"],
         image_size=None if tabular else tuple(spec["image_size"]),
         n_features=spec["n_features"],
-        stem=spec["stem"],
+        stem=stem,
         weights=spec["backbone_weights"],
         freeze=spec["freeze_backbone"],
         widths=spec.get("backbone_widths", _FIRST_SMALL_CNN_WIDTHS),

@@ -30,6 +30,7 @@ need a model trained on images; tabular models get the other plots.
 # SPDX-License-Identifier: BSD-3-Clause
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -843,6 +844,11 @@ def _cluster_colours(k):
     return [cmap(i) for i in range(k)]
 
 
+# One curve per cluster head would bury the parts of the loss; the head
+# losses only serve to pick the head kept (``head_losses_``).
+_PER_HEAD_LOSS = re.compile(r"cluster_head\d+_loss")
+
+
 def _loss_parts(history):
     """Per-epoch means of the batch-level loss parts, {name: list}."""
     parts = {}
@@ -851,7 +857,9 @@ def _loss_parts(history):
             name
             for batch in epoch["batches"]
             for name in batch
-            if name.endswith("_loss") and name != "train_loss"
+            if name.endswith("_loss")
+            and name != "train_loss"
+            and not _PER_HEAD_LOSS.fullmatch(name)
         }
         for name in names:
             values = [batch[name] for batch in epoch["batches"] if name in batch]
@@ -864,8 +872,9 @@ def plot_training_curves(estimator):
 
     Left: ``train_loss`` per epoch. Right: the per-epoch mean of each part of
     the loss recorded per batch (CD: instance, feature, entropy; CDC: instance,
-    cluster and, while self-labelling, self-label). The CD total subtracts the
-    entropy term.
+    cluster and, while self-labelling, self-label; the losses of the
+    individual cluster heads are summarised by ``head_losses_`` instead). The
+    CD total subtracts the entropy term.
 
     Parameters
     ----------

@@ -369,3 +369,56 @@ def test_freeze_after_loading_weights(tmp_path):
     net, _ = make_backbone("mlp", n_features=3, weights=path, freeze=True)
     assert torch.equal(net.module.layers[0].weight, source.layers[0].weight)
     assert set(net.state_dict()) == {f"module.{k}" for k in source.state_dict()}
+
+
+@pytest.mark.parametrize(
+    "size, stem, stride",
+    [
+        (8, "auto", 1),
+        (16, "auto", 1),
+        (17, "auto", 2),
+        (28, "auto", 2),
+        (28, "cifar", 1),
+        (8, "imagenet", 2),
+        (None, "auto", 1),
+    ],
+)
+def test_small_cnn_stem(size, stem, stride):
+    # Check that "small_cnn" keeps full resolution up to 16 px and halves it
+    # in its first convolution above (or as asked), with the same output.
+    net, out_dim = make_backbone(
+        "small_cnn", in_channels=1, image_size=size, stem=stem, widths=(4, 8)
+    )
+    first = net.stages[0][0]
+    assert first.stride == (stride, stride)
+    assert [c.stride for c in net.modules() if isinstance(c, nn.Conv2d)][1:] == [
+        (1, 1)
+    ] * 3
+    side = size or 32
+    assert _forward(net, (2, 1, side, side)).shape == (2, out_dim)
+
+
+def test_small_cnn_stride_two_sees_a_quarter_of_the_pixels():
+    # Check that the stride-2 first convolution maps 28 px to 14 px maps.
+    net = SmallCNN(1, widths=(4, 8), stem_stride=2).eval()
+    shapes = []
+    net.stages[0][0].register_forward_hook(
+        lambda module, inputs, output: shapes.append(tuple(output.shape[-2:]))
+    )
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 28, 28))
+    assert shapes == [(14, 14)]
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2; got 3"):
+        SmallCNN(1, stem_stride=3)
+
+
+def test_resolve_stem():
+    # Check the stem that "auto" means for each named backbone and size.
+    from deepclust.backbones import resolve_stem
+
+    assert resolve_stem("small_cnn", (16, 12)) == "cifar"
+    assert resolve_stem("small_cnn", (12, 20)) == "imagenet"
+    assert resolve_stem("resnet18", 64) == "cifar"
+    assert resolve_stem("resnet18", 65) == "imagenet"
+    assert resolve_stem("resnet18", None) == "imagenet"
+    assert resolve_stem("small_cnn", 64, "cifar") == "cifar"

@@ -417,6 +417,32 @@ def test_demo_prints_score_table(capsys):
     assert "CD heads" not in out
 
 
+@pytest.mark.slow
+def test_demo_trains_both_models_at_once_with_the_same_results(capsys):
+    # Check that --jobs 2 trains CD and CDC in two worker processes and that each
+    # row matches the same training run in this process (same threads).
+    import torch
+
+    from deepclust.cli import _demo_fit
+
+    assert main(["demo", "--epochs", "1", "--jobs", "2", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 processes of 1 thread(s)" in out
+    rows = {
+        line[:20].strip(): [float(value) for value in line[20:].split()[:3]]
+        for line in out.splitlines()
+        if line.startswith(("CD heads + KMeans", "CDCClusterer"))
+    }
+    threads = torch.get_num_threads()
+    try:
+        for model in ("cd", "cdc"):
+            name, scores, _ = _demo_fit(model, 1, 0, 0, 1)
+            expected = [round(scores[key], 3) for key in ("acc", "nmi", "ari")]
+            assert rows[name] == pytest.approx(expected, abs=1e-9), name
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_in_process_predict_warns_nothing_unexpected(workdir, fitted, capsys):
     # Check that main() returns 0 in process and that the skipped files are
     # reported in the CSV rather than as stray warnings.

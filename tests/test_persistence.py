@@ -431,3 +431,23 @@ def test_format_v1_models_still_load():
     np.testing.assert_allclose(
         cd.embed(expected["images"]), expected["cd_embedding"], rtol=1e-5, atol=1e-6
     )
+
+
+def test_strided_small_cnn_round_trip_and_older_descriptions(tmp_path):
+    # Check that a model trained on 20-px images records the strided stem of
+    # "small_cnn", saves and loads with it, and that a description written
+    # before strided stems existed ("auto") still builds the stride-1 network.
+    from deepclust.datasets import make_shape_images
+    from deepclust.models import build_model
+
+    X = make_shape_images(24, image_size=20, n_classes=3, random_state=0)[0]
+    cdc = CDCClusterer(n_clusters=3, **SMALL).fit(X)
+    description = cdc.training_config_["model"]
+    assert description["stem"] == "imagenet"
+    assert cdc.net_.module_.backbone.stages[0][0].stride == (2, 2)
+    cdc.save(tmp_path)
+    loaded = CDCClusterer.load(tmp_path)
+    assert loaded.net_.module_.backbone.stages[0][0].stride == (2, 2)
+    _assert_same_model(loaded, cdc, X)
+    older = build_model({**description, "stem": "auto"})
+    assert older.backbone.stages[0][0].stride == (1, 1)

@@ -55,6 +55,7 @@ from deepclust._serialization import (
 from deepclust._validation import check_image_size
 from deepclust._version import __version__
 from deepclust.augment import FeatureAugment, SimCLRAugment
+from deepclust.backbones import resolve_stem
 from deepclust.estimators._net import (
     ContrastiveNet,
     EpochProgress,
@@ -110,9 +111,9 @@ SHARED_CONSTRAINTS: dict[str, list] = {
 # Stage widths of "small_cnn": half of SmallCNN's default, for a quarter of the
 # FLOPs at the same digits ACC (benchmarks/README.md).
 _SMALL_CNN_WIDTHS = (32, 64, 128)
-# Optimiser steps of max_epochs="auto" per backbone: about a minute for the
-# digits on 2 CPU cores with "small_cnn".
-_AUTO_STEPS = {"mlp": 1500, "small_cnn": 500, "resnet18": 3000, "resnet34": 20000}
+# Optimiser steps of max_epochs="auto" per backbone (the estimators adjust
+# "small_cnn", about half a minute of the digits on 2 CPU cores).
+AUTO_STEPS = {"mlp": 1500, "small_cnn": 500, "resnet18": 3000, "resnet34": 20000}
 
 MODEL_FORMAT = "deepclust.model"
 MODEL_FORMAT_VERSION = 2
@@ -146,6 +147,7 @@ class BaseDeepEstimator(BaseEstimator):
 
     _parameter_constraints: dict = SHARED_CONSTRAINTS
     _family: str
+    _auto_steps = AUTO_STEPS
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -386,7 +388,7 @@ class BaseDeepEstimator(BaseEstimator):
             if max_epochs == "auto":
                 batches_per_epoch = max(1, math.ceil(n_samples / self.batch_size))
                 name = backbone if isinstance(backbone, str) else "resnet18"
-                steps = _AUTO_STEPS.get(name, 3000)
+                steps = self._auto_steps.get(name, 3000)
                 max_epochs = int(np.clip(round(steps / batches_per_epoch), 5, 1000))
         lr = self.lr
         if lr == "auto":
@@ -404,7 +406,11 @@ class BaseDeepEstimator(BaseEstimator):
                 "in_channels": 3 if tabular else self.n_channels_,
                 "image_size": None if tabular else list(self.image_size_),
                 "n_features": self.n_features_in_ if tabular else None,
-                "stem": self.stem,
+                # Recorded resolved for "small_cnn": "auto" means stride 1 in
+                # descriptions written before it had a strided stem.
+                "stem": resolve_stem(backbone, self.image_size_, self.stem)
+                if backbone == "small_cnn"
+                else self.stem,
                 "backbone_weights": None,
                 "freeze_backbone": self.freeze_backbone,
                 "backbone_widths": list(_SMALL_CNN_WIDTHS)
@@ -844,8 +850,10 @@ def load_estimator(path, *, device=None):
                 backbone=resolved["backbone"],
                 max_epochs=resolved["max_epochs"],
             )
-            # Format 1 predates recorded widths: build_model's default is theirs.
+            # Format 1 predates recorded widths and strided stems: build_model's
+            # defaults are theirs.
             del estimator.training_config_["model"]["backbone_widths"]
+            estimator.training_config_["model"]["stem"] = estimator.stem
         description = estimator.training_config_["model"]
         expected = {"family": estimator._family, "heads": estimator._head_params()}
         stored = {name: description[name] for name in expected}

@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from deepclust._inputs import InputError, labels_from_proba
 from deepclust.augment import StrongAugment
 from deepclust.estimators._base import (
+    AUTO_STEPS,
     SHARED_CONSTRAINTS,
     BaseDeepEstimator,
     Float32TransformerMixin,
@@ -65,7 +66,8 @@ class CDCClusterer(
     The paper's CIFAR-10 setting is ``CDCClusterer(n_clusters=10,
     backbone="resnet18", stem="cifar", batch_size=512, max_epochs=1200,
     temperature=0.15, cluster_temperature=0.1, cluster_weight=5.0,
-    augment_strength=0.5, self_label_epochs=200)`` on a GPU.
+    augment_strength=0.5, self_label_epochs=200, n_cluster_heads=1,
+    neighbor_weight=0.0)`` on a GPU.
 
     Parameters
     ----------
@@ -75,8 +77,10 @@ class CDCClusterer(
         Dimension of the instance part z^n.
     temperature : float, default=0.15
         tau of the InfoNCE term (the paper uses 0.4 for ImageNet).
-    cluster_temperature : float, default=0.1
-        t in softmax(z^c / t); also the temperature of ``predict_proba``.
+    cluster_temperature : float, default=0.2
+        t in softmax(z^c / t); also the temperature of ``predict_proba``. The
+        paper's 0.1 scored 2 points of ACC less on the digits at CPU budgets
+        (benchmarks/README.md).
     cluster_weight : float, default=5.0
         alpha, the weight of the cross-entropy term (1.0 for ImageNet).
     sinkhorn_epsilon : float, default=0.05
@@ -122,7 +126,8 @@ callable, default="auto"
     stem : {"auto", "imagenet", "cifar"}, default="auto"
         ResNet stem: the 7x7/stride-2 conv + max-pool of ImageNet, or the 3x3
         stride-1 conv without max-pool suited to small images ("auto": CIFAR stem
-        up to 64 px).
+        up to 64 px). For "small_cnn", "imagenet" gives its first convolution
+        stride 2 ("auto": above 16 px), "cifar" stride 1.
     backbone_weights : str or path-like, default=None
         Local state-dict file for the backbone (loaded with ``weights_only=True``;
         nothing is ever downloaded).
@@ -136,8 +141,10 @@ callable, default="auto"
         axes could be channels, uint8 arrays are read as NHWC and float as NCHW.
     max_epochs : "auto" or int, default="auto"
         Training epochs. "auto" aims at a fixed number of optimiser steps that
-        suits the backbone and device (about a minute for the digits on 2 CPU
-        cores); the papers train for 1000-1200 epochs.
+        suits the backbone and the estimator (for "small_cnn", 750 steps for
+        CDCClusterer and 1000 for ContrastiveDisentangler, whose feature heads
+        gain more from longer training: 50 and 67 epochs of the digits, under a
+        minute each on 2 CPU cores); the papers train for 1000-1200 epochs.
     batch_size : int, default=128
         Images per training batch (each gives two views); at least 2. 128 is the
         reference CD setting and also the best of 64/128/256 on the digits.
@@ -285,7 +292,7 @@ callable, default="auto"
         *,
         instance_dim=128,
         temperature=0.15,
-        cluster_temperature=0.1,
+        cluster_temperature=0.2,
         cluster_weight=5.0,
         sinkhorn_epsilon=0.05,
         sinkhorn_iterations=3,
@@ -394,6 +401,9 @@ callable, default="auto"
     }
 
     _family = "cdc"
+    # 50 epochs of the digits: 0.9 points of ACC over 33, 0.5 over 40
+    # (benchmarks/README.md).
+    _auto_steps = {**AUTO_STEPS, "small_cnn": 750}
 
     def _check_n_samples(self, n_samples):
         if n_samples < self.n_clusters:
