@@ -119,10 +119,12 @@ class CDCClusterer(
     backbone : {"auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp"} or \
 callable, default="auto"
         Feature extractor f. A callable takes no argument and returns a
-        ``torch.nn.Module``. "auto" picks by input and device: "mlp" for 2-D
-        tabular input, "small_cnn" for images up to 16 px (and up to 64 px on
-        CPU), "resnet18" with the CIFAR stem up to 64 px on GPU, "resnet34" with
-        the ImageNet stem above (the paper's setting), "resnet18" above 64 px on CPU.
+        ``torch.nn.Module``; it gets the budget and learning rate of "resnet18"
+        (3000 steps, 3e-4) unless ``max_epochs`` and ``lr`` are given. "auto"
+        picks by input and device: "mlp" for 2-D tabular input, "small_cnn" for
+        images up to 16 px (and up to 64 px on CPU), "resnet18" with the CIFAR
+        stem up to 64 px on GPU, "resnet34" with the ImageNet stem above (the
+        paper's setting), "resnet18" above 64 px on CPU.
     stem : {"auto", "imagenet", "cifar"}, default="auto"
         ResNet stem: the 7x7/stride-2 conv + max-pool of ImageNet, or the 3x3
         stride-1 conv without max-pool suited to small images ("auto": CIFAR stem
@@ -217,7 +219,8 @@ callable, default="auto"
         0: silent; 1: one progress bar over epochs; 2: skorch's per-epoch table.
     random_state : int, RandomState instance or None, default=None
         Seeds weights, shuffling and augmentation: two fits on CPU with the same
-        integer give identical results.
+        integer and the same number of torch threads give identical results
+        (another thread count adds floats in another order: another draw).
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
