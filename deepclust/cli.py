@@ -106,7 +106,7 @@ def _demo_jobs(args, models) -> int:
     import torch
 
     # Two small CPU trainings side by side use two cores better than one training
-    # on two threads (68 s instead of 86 s for the digits demo on 2 cores).
+    # on two threads (about 70 s instead of 100 s for the digits demo on 2 cores).
     cores = args.threads or os.cpu_count() or 1
     return 2 if len(models) == 2 and cores >= 2 and not torch.cuda.is_available() else 1
 

@@ -111,9 +111,10 @@ SHARED_CONSTRAINTS: dict[str, list] = {
 # Stage widths of "small_cnn": half of SmallCNN's default, for a quarter of the
 # FLOPs at the same digits ACC (benchmarks/README.md).
 _SMALL_CNN_WIDTHS = (32, 64, 128)
-# Optimiser steps of max_epochs="auto" per backbone (the estimators adjust
-# "small_cnn", about half a minute of the digits on 2 CPU cores).
-AUTO_STEPS = {"mlp": 1500, "small_cnn": 500, "resnet18": 3000, "resnet34": 20000}
+# Optimiser steps of max_epochs="auto" per backbone. "small_cnn": 67 epochs of
+# the digits, under a minute on 2 CPU cores; 33 and 50 epochs scored 0.5-1.5
+# points of ACC less (benchmarks/README.md).
+AUTO_STEPS = {"mlp": 1500, "small_cnn": 1000, "resnet18": 3000, "resnet34": 20000}
 
 MODEL_FORMAT = "deepclust.model"
 MODEL_FORMAT_VERSION = 2
@@ -147,7 +148,6 @@ class BaseDeepEstimator(BaseEstimator):
 
     _parameter_constraints: dict = SHARED_CONSTRAINTS
     _family: str
-    _auto_steps = AUTO_STEPS
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -388,7 +388,7 @@ class BaseDeepEstimator(BaseEstimator):
             if max_epochs == "auto":
                 batches_per_epoch = max(1, math.ceil(n_samples / self.batch_size))
                 name = backbone if isinstance(backbone, str) else "resnet18"
-                steps = self._auto_steps.get(name, 3000)
+                steps = AUTO_STEPS.get(name, 3000)
                 max_epochs = int(np.clip(round(steps / batches_per_epoch), 5, 1000))
         lr = self.lr
         if lr == "auto":

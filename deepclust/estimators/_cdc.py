@@ -12,7 +12,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from deepclust._inputs import InputError, labels_from_proba
 from deepclust.augment import StrongAugment
 from deepclust.estimators._base import (
-    AUTO_STEPS,
     SHARED_CONSTRAINTS,
     BaseDeepEstimator,
     Float32TransformerMixin,
@@ -143,10 +142,8 @@ callable, default="auto"
         axes could be channels, uint8 arrays are read as NHWC and float as NCHW.
     max_epochs : "auto" or int, default="auto"
         Training epochs. "auto" aims at a fixed number of optimiser steps that
-        suits the backbone and the estimator (for "small_cnn", 750 steps for
-        CDCClusterer and 1000 for ContrastiveDisentangler, whose feature heads
-        gain more from longer training: 50 and 67 epochs of the digits, under a
-        minute each on 2 CPU cores); the papers train for 1000-1200 epochs.
+        suits the backbone (1000 for "small_cnn": 67 epochs of the digits, under
+        a minute on 2 CPU cores); the papers train for 1000-1200 epochs.
     batch_size : int, default=128
         Images per training batch (each gives two views); at least 2. 128 is the
         reference CD setting and also the best of 64/128/256 on the digits.
@@ -404,9 +401,6 @@ callable, default="auto"
     }
 
     _family = "cdc"
-    # 50 epochs of the digits: 0.9 points of ACC over 33, 0.5 over 40
-    # (benchmarks/README.md).
-    _auto_steps = {**AUTO_STEPS, "small_cnn": 750}
 
     def _check_n_samples(self, n_samples):
         if n_samples < self.n_clusters:
