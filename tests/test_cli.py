@@ -351,13 +351,11 @@ def test_usage_errors_give_one_line_without_torch(workdir, args, expected):
     assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
-def test_help_and_version_do_not_import_torch():
-    # Check that --help of every command shows defaults and that neither --help
-    # nor --version imports torch.
+def _help_in_fresh_process(*argvs):
+    """What main(argv) prints for each argv, and whether that imported torch."""
     code = (
         "import sys, contextlib, io\nfrom deepclust.cli import main\n"
-        "for argv in (['--help'], ['fit', '--help'], ['predict', '--help'], "
-        "['export', '--help'], ['demo', '--help'], ['--version']):\n"
+        f"for argv in {list(argvs)!r}:\n"
         "    out = io.StringIO()\n"
         "    with contextlib.redirect_stdout(out):\n"
         "        try:\n            main(argv)\n"
@@ -365,8 +363,21 @@ def test_help_and_version_do_not_import_torch():
         "    sys.stderr.write(out.getvalue())\n"
         "print('torch' in sys.modules)\n"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_and_version_do_not_import_torch():
+    # Check that --help of every command shows defaults and that neither --help
+    # nor --version imports torch.
+    result = _help_in_fresh_process(
+        ["--help"],
+        ["fit", "--help"],
+        ["predict", "--help"],
+        ["export", "--help"],
+        ["demo", "--help"],
+        ["--version"],
     )
     assert result.stdout.strip() == "False"
     assert "deepclust 0." in result.stderr
@@ -471,19 +482,7 @@ def test_in_process_predict_warns_nothing_unexpected(workdir, fitted, capsys):
 def test_select_k_and_report_help_do_not_import_torch():
     # Check that --help of the new commands shows their defaults without
     # importing torch.
-    code = (
-        "import sys, contextlib, io\nfrom deepclust.cli import main\n"
-        "for argv in (['select-k', '--help'], ['report', '--help']):\n"
-        "    out = io.StringIO()\n"
-        "    with contextlib.redirect_stdout(out):\n"
-        "        try:\n            main(argv)\n"
-        "        except SystemExit:\n            pass\n"
-        "    sys.stderr.write(out.getvalue())\n"
-        "print('torch' in sys.modules)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
+    result = _help_in_fresh_process(["select-k", "--help"], ["report", "--help"])
     assert result.stdout.strip() == "False"
     assert "best k: N" in result.stderr
     assert "--k-max K" in result.stderr and "(default: 15)" in result.stderr
