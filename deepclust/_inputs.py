@@ -15,6 +15,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,34 @@ class SkippedInputsWarning(UserWarning):
     def __init__(self, message, errors):
         super().__init__(message)
         self.errors = dict(errors)
+
+
+@contextmanager
+def collect_skipped_inputs():
+    """Turn the SkippedInputsWarnings raised inside into ``{position: reason}``.
+
+    The dict yielded is filled when the block ends; other warnings raised
+    inside are issued again then, so that callers still see them.
+
+    Examples
+    --------
+    >>> with collect_skipped_inputs() as skipped:
+    ...     warnings.warn(SkippedInputsWarning("1 skipped", {3: ("a.png", "empty")}))
+    >>> skipped
+    {3: 'empty'}
+    """
+    skipped = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedInputsWarning)
+        yield skipped
+    for warning in caught:
+        if isinstance(warning.message, SkippedInputsWarning):
+            for position, (_, reason) in warning.message.errors.items():
+                skipped[position] = reason
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 class _NonNumericInputError(InputError, TypeError):

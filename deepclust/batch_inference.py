@@ -20,12 +20,11 @@ pandas and Dask are imported when a function needs them
 
 import os
 import threading
-import warnings
 from collections import OrderedDict
 
 import numpy as np
 
-from deepclust._inputs import IMAGE_EXTENSIONS, SkippedInputsWarning
+from deepclust._inputs import IMAGE_EXTENSIONS, collect_skipped_inputs
 from deepclust._validation import check_positive_int, is_int
 
 __all__ = [
@@ -499,21 +498,14 @@ def _predict_chunk(clusterer, columns, opened, on_error):
     present = [offset for offset in range(len(opened)) if offset not in errors]
     if not present:
         return values, errors
-    with _PREDICT_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedInputsWarning)
+    with _PREDICT_LOCK, collect_skipped_inputs() as skipped:
         inputs = [opened[offset] for offset in present]
         if columns.clusterer_model:
             rows = clusterer.predict_proba(inputs)
         else:
             rows = clusterer.transform(inputs, output="heads")
-    for warning in caught:
-        if isinstance(warning.message, SkippedInputsWarning):
-            for position, (_, reason) in warning.message.errors.items():
-                errors[present[position]] = reason
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+    for position, reason in skipped.items():
+        errors[present[position]] = reason
     if len(rows) != len(present):
         # OnnxClusterer guarantees one row per input; never pair rows by luck.
         raise RuntimeError(

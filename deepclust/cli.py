@@ -462,24 +462,10 @@ class _Predictor:
 
     def rows(self, chunk):
         """Values of every input of ``chunk`` and the reasons of the unreadable ones."""
-        from deepclust._inputs import SkippedInputsWarning
+        from deepclust._inputs import collect_skipped_inputs
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SkippedInputsWarning)
+        with collect_skipped_inputs() as errors:
             values = self._values(chunk)
-        errors = {}
-        for warning in caught:
-            if isinstance(warning.message, SkippedInputsWarning):
-                errors.update(
-                    {
-                        position: reason
-                        for position, (_, reason) in warning.message.errors.items()
-                    }
-                )
-            else:
-                warnings.warn_explicit(
-                    warning.message, warning.category, warning.filename, warning.lineno
-                )
         if len(values) != len(chunk):
             # The estimators guarantee one row per input; never pair rows by luck.
             raise RuntimeError(
