@@ -1,10 +1,13 @@
 """Serialization shared by saved models and training checkpoints, without pickle.
 
 A JSON codec that keeps tensors and arrays aside for a safetensors file
-(:func:`encode_tree`, :func:`decode_tree`), writes that never leave half a file
-(:func:`write_json`, :func:`write_tensors`), SHA-256 hashes, and the checks
-that turn a damaged, edited or foreign file into a clear ``ValueError``.
-Reading JSON and safetensors executes no code from the files.
+(:func:`encode_tree`, :func:`decode_tree`), documents whose files are written
+so that an interruption never leaves them half-written (:func:`write_document`:
+content-named data files first, then the JSON that names them, replaced
+atomically), SHA-256 hashes, and the checks that turn a damaged, edited, foreign
+or hostile file into a clear ``ValueError`` that names it. Reading JSON and
+safetensors executes no code from the files; only regular files of bounded size
+are read (:func:`deepclust._files.read_regular_file`).
 
 This module depends on no other deepclust module but the version, so that the
 estimators (checkpoints) and :mod:`deepclust.persistence` (save/load) can both
@@ -16,16 +19,24 @@ use it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
+from deepclust._files import (
+    atomic_output,
+    atomic_path,
+    read_regular_file,
+    sha256_file,
+    write_content_named,
+)
 from deepclust._version import __version__
 
 __all__ = [
@@ -37,12 +48,17 @@ __all__ = [
     "read_json",
     "read_tensors",
     "sha256_file",
+    "remove_unnamed_files",
     "write_document",
     "write_json",
     "write_tensors",
 ]
 
 _MAX_LISTED = 5
+# Caps of the files a document may name: a tampered folder must not make a
+# reader exhaust memory (a symlink to /dev/zero, a huge JSON).
+JSON_MAX_BYTES = 512 * 2**20
+TENSORS_MAX_BYTES = 16 * 2**30
 
 
 def encode_tree(
@@ -129,53 +145,56 @@ def decode_tree(value, tensors: dict[str, torch.Tensor]):
     return {k: decode_tree(v, tensors) for k, v in value.items()}
 
 
-def sha256_file(path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_json(path, content) -> None:
-    """Write JSON through a temporary file so that a crash never leaves half a file."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=1), encoding="utf-8")
-    os.replace(temporary, path)
+    """Write JSON through a temporary sibling so that a crash never leaves half a
+    file (the previous file stays whole until the atomic replace)."""
+    with atomic_output(path, "w", encoding="utf-8") as file:
+        json.dump(content, file, indent=1)
 
 
 def write_tensors(path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write a safetensors file through a temporary file (atomic replace)."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, path)
+    """Write a safetensors file through a temporary sibling (atomic replace)."""
+    with atomic_path(path) as temporary:
+        save_file(tensors, temporary)
 
 
-def read_json(path, what: str):
-    """Parse a JSON file, with a clear error for missing or damaged files."""
+def parse_json(data: bytes, path, what: str):
+    """JSON from bytes read from ``path``, with a ValueError naming the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"{what}: {str(path)!r} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{what}: {str(path)!r} cannot be read ({exc}).") from exc
-    try:
-        return json.loads(text)
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what}: {str(path)!r} is not UTF-8 text ({exc}).") from None
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"{what}: {str(path)!r} is not valid JSON ({exc}); the file is truncated "
             "or was edited by hand."
-        ) from exc
+        ) from None
+    except RecursionError:
+        raise ValueError(
+            f"{what}: {str(path)!r} nests its JSON too deeply to be a file written "
+            "by deepclust; it was edited or forged."
+        ) from None
 
 
-def read_tensors(path, expected_sha256: str, what: str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file on the CPU after checking its SHA-256."""
-    if not Path(path).is_file():
+def read_json(path, what: str, *, max_bytes: int = JSON_MAX_BYTES):
+    """Parse a JSON file, with a clear error for missing, damaged or odd files."""
+    return parse_json(
+        read_regular_file(path, max_bytes=max_bytes, what=what), path, what
+    )
+
+
+def read_tensors(
+    path, expected_sha256: str, what: str, *, max_bytes: int = TENSORS_MAX_BYTES
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file on the CPU after checking its SHA-256.
+
+    The bytes that are hashed are the bytes that are parsed, so the file cannot
+    change between the check and the load.
+    """
+    if not Path(path).exists():
         raise ValueError(f"{what}: weights file {str(path)!r} does not exist.")
-    actual = sha256_file(path)
+    data = read_regular_file(path, max_bytes=max_bytes, what=what)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise ValueError(
             f"{what}: {str(path)!r} does not match the SHA-256 recorded when it was "
@@ -183,7 +202,7 @@ def read_tensors(path, expected_sha256: str, what: str) -> dict[str, torch.Tenso
             "truncated or replaced after saving."
         )
     try:
-        return load_file(str(path), device="cpu")
+        return load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(
             f"{what}: {str(path)!r} is not a valid safetensors file ({exc})."
@@ -246,23 +265,46 @@ def _listing(items) -> str:
     return shown
 
 
-def write_document(
-    directory, name: str, content: dict, tensors, tensors_name: str
-) -> None:
-    """Write ``tensors`` to ``tensors_name``, then ``content`` (which records its
-    name and SHA-256) to the JSON file ``name``, both atomically, in that order.
+def remove_unnamed_files(directory, patterns, keep) -> None:
+    """Delete the files of ``directory`` matching ``patterns`` but not in ``keep``,
+    and the temporary files that interrupted writes left behind."""
+    directory = Path(directory)
+    for pattern in (*patterns, ".*.tmp"):
+        for path in directory.glob(pattern):
+            if path.name not in keep and path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
-    Because the JSON names the tensors file last, an interruption leaves the
-    previous document readable.
+
+def write_document(
+    directory, name: str, content: dict, tensors, tensors_prefix: str
+) -> str:
+    """Write ``tensors`` to a content-named safetensors file, then ``content``
+    (which records that file's name and SHA-256) to the JSON file ``name``.
+
+    The JSON is replaced atomically and last: it is the single point at which
+    the new document replaces the old one. Until then the old JSON still names
+    its own, untouched data files, so an interruption (a kill, a full disk)
+    leaves the previous document readable; after it, the files that no document
+    names any more are removed.
+
+    Returns
+    -------
+    tensors_name : str
+        The name of the safetensors file written.
     """
     directory = Path(directory)
-    write_tensors(directory / tensors_name, tensors)
-    content = {
-        **content,
-        "weights_file": tensors_name,
-        "weights_sha256": sha256_file(directory / tensors_name),
-    }
-    write_json(directory / name, content)
+    weights, sha256 = write_content_named(
+        directory,
+        tensors_prefix,
+        ".safetensors",
+        lambda temporary: save_file(tensors, temporary),
+    )
+    write_json(
+        directory / name,
+        {**content, "weights_file": weights, "weights_sha256": sha256},
+    )
+    return weights
 
 
 def read_document(directory, name: str, *, format_name: str, version: int, what: str):
@@ -276,8 +318,8 @@ def read_document(directory, name: str, *, format_name: str, version: int, what:
     Raises
     ------
     ValueError
-        If a file is missing, damaged, modified or of another format or a newer
-        version.
+        If a file is missing, damaged, modified, not a regular file, too large,
+        or of another format or a newer version.
     """
     directory = Path(directory)
     content = read_json(directory / name, what)

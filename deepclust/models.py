@@ -259,9 +259,6 @@ class CDCModel(_ScaledModel):
         "all_projections",
     )
     default_outputs = "projection"
-    # Buffers that models saved before they existed lack; loading keeps their
-    # initial value (no bias).
-    optional_state = ("cluster_bias",)
 
     def __init__(
         self,
@@ -400,8 +397,6 @@ def balancing_bias(
 
 
 _FAMILIES = {"cd": CDModel, "cdc": CDCModel}
-# Widths of "small_cnn" in models saved before descriptions recorded them.
-_FIRST_SMALL_CNN_WIDTHS = (64, 128, 256)
 
 
 def build_model(spec: dict) -> CDModel | CDCModel:
@@ -417,8 +412,8 @@ def build_model(spec: dict) -> CDModel | CDCModel:
         :func:`deepclust.backbones.make_backbone`), ``in_channels``,
         ``image_size`` (None for tabular input), ``n_features`` (tabular
         input), ``stem``, ``backbone_weights`` (a local file or None),
-        ``freeze_backbone``, ``backbone_widths`` (stage widths of "small_cnn";
-        descriptions written before it existed mean (64, 128, 256)) and
+        ``freeze_backbone``, ``backbone_widths`` (optional: stage widths of
+        "small_cnn", None or absent for its default widths) and
         ``heads`` (keyword arguments of the model class besides the backbone
         and the scaler).
 
@@ -431,7 +426,8 @@ def build_model(spec: dict) -> CDModel | CDCModel:
     >>> model = build_model({
     ...     "family": "cdc", "backbone": "mlp", "in_channels": 3, "image_size": None,
     ...     "n_features": 4, "stem": "auto", "backbone_weights": None,
-    ...     "freeze_backbone": False, "heads": {"n_clusters": 2, "instance_dim": 3},
+    ...     "freeze_backbone": False, "backbone_widths": None,
+    ...     "heads": {"n_clusters": 2, "instance_dim": 3},
     ... })
     >>> type(model).__name__, model(torch.zeros(2, 4)).shape
     ('CDCModel', torch.Size([2, 5]))
@@ -442,20 +438,15 @@ def build_model(spec: dict) -> CDModel | CDCModel:
             f"{spec.get('family')!r}."
         )
     tabular = spec["image_size"] is None
-    stem = spec["stem"]
-    if spec["backbone"] == "small_cnn" and stem == "auto":
-        # Descriptions record the resolved stem of "small_cnn" since it gained a
-        # strided one; "auto" comes from older models, all at stride 1.
-        stem = "cifar"
     backbone, backbone_dim = make_backbone(
         spec["backbone"],
         in_channels=spec["in_channels"],
         image_size=None if tabular else tuple(spec["image_size"]),
         n_features=spec["n_features"],
-        stem=stem,
+        stem=spec["stem"],
         weights=spec["backbone_weights"],
         freeze=spec["freeze_backbone"],
-        widths=spec.get("backbone_widths", _FIRST_SMALL_CNN_WIDTHS),
+        widths=spec.get("backbone_widths"),
     )
     scaler = InputScaler(
         spec["n_features"] if tabular else spec["in_channels"], image=not tabular

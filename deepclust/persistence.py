@@ -2,37 +2,39 @@
 
 A saved model is a directory holding
 
-- ``model.safetensors``: the network's weights and buffers (``module.*``) and the
-  fitted arrays such as ``labels_`` (``attributes.*``);
-- ``history.json``: the skorch training history;
 - ``config.json``: the format version, the library version, the estimator class,
   its parameters, the fitted attributes (among them ``training_config_``, which
-  describes the network) and the SHA-256 of the two other files.
+  describes the network) and the names and SHA-256 of the two other files;
+- ``model-<hash>.safetensors``: the network's weights and buffers (``module.*``)
+  and the fitted arrays such as ``labels_`` (``attributes.*``);
+- ``history-<hash>.json``: the skorch training history.
+
+Saving over a model is atomic: the data files are new files named after their
+content, and ``config.json`` is replaced last, in one rename, so an interrupted
+save leaves the previous model loadable.
 
 Loading reads JSON and safetensors only, so it executes no code from the files,
-unlike ``pickle``/``joblib``/``torch.load``. The network is rebuilt from the
-stored description and the weights are checked against it: a modified, truncated
-or mismatched file raises a :class:`ValueError` that says what is wrong. Models
-saved in format 1 (deepclust 0.1.0) load too.
+unlike ``pickle``/``joblib``/``torch.load``. It reads regular files of bounded
+size only, sets only the fitted attributes this version knows (with checked
+types), rebuilds the network from the stored description and checks the weights
+against it: a modified, truncated, mismatched or hostile folder raises a
+:class:`ValueError` that says what is wrong. Models saved by older versions load
+too (format versions 1 and 2).
 """
 
 # Authors: The deepclust developers
 # SPDX-License-Identifier: BSD-3-Clause
 
 from deepclust import estimators
-from deepclust.estimators._base import (
+from deepclust.estimators._saving import (
     CONFIG_FILE,
-    HISTORY_FILE,
     MODEL_FORMAT_VERSION,
-    WEIGHTS_FILE,
     load_estimator,
 )
 
 __all__ = [
     "CONFIG_FILE",
-    "HISTORY_FILE",
     "MODEL_FORMAT_VERSION",
-    "WEIGHTS_FILE",
     "load",
     "save",
 ]

@@ -34,6 +34,30 @@ pytestmark = [
 N_IMAGES = 23  # one unreadable file among them
 UNREADABLE = 7
 
+# Tolerances come from float32 rounding, not from one CPU's results: two
+# processes add the same products in another order than one process does (and
+# another CPU or thread count orders them differently again), which moves a
+# value by a few units of float32 precision, times what the computation
+# amplifies them by. A real error (a missing gather, a wrong scale) is orders of
+# magnitude larger.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+# Sums of a few hundred products, as in the losses and BatchNorm statistics.
+SUM_RTOL = 64 * FLOAT32_EPS
+
+
+def sinkhorn_rtol():
+    """Relative rounding of Sinkhorn codes: exp(z / epsilon) turns an error of
+    z into a relative error 1/epsilon times larger, compounded by each
+    normalisation of each iteration."""
+    import inspect
+
+    from deepclust.losses import sinkhorn
+
+    defaults = inspect.signature(sinkhorn).parameters
+    epsilon = defaults["epsilon"].default
+    iterations = defaults["n_iterations"].default
+    return SUM_RTOL / epsilon * (2 * iterations + 1)
+
 
 def torchrun(scenario, out, check=True):
     """Run the worker scenario in 2 processes; return the CompletedProcess."""
@@ -64,7 +88,9 @@ def test_two_processes_match_one_process_with_twice_the_batch(parity, family):
     model = worker.parity_model(family)
     loss, parts, codes = worker.parity_step(family, model, view1, view2, False)
     expected = torch.stack([loss.detach(), *parts.values()]).numpy()
-    np.testing.assert_allclose(saved["loss"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        saved["loss"], expected, rtol=SUM_RTOL, atol=SUM_RTOL * np.abs(expected).max()
+    )
     grads = torch.cat([p.grad.flatten() for p in model.parameters()]).numpy()
     # Both processes hold the same averaged gradient, the one-process gradient.
     np.testing.assert_array_equal(saved["grads"][0], saved["grads"][1])
@@ -74,11 +100,19 @@ def test_two_processes_match_one_process_with_twice_the_batch(parity, family):
     np.testing.assert_allclose(
         saved["grads"][0], grads, rtol=1e-4, atol=2e-5 * np.abs(grads).max()
     )
+    buffers = worker.float_buffers(model)
     np.testing.assert_allclose(
-        saved["buffers"], worker.float_buffers(model), rtol=1e-5, atol=1e-6
+        saved["buffers"],
+        buffers,
+        rtol=SUM_RTOL,
+        atol=SUM_RTOL * np.abs(buffers).max(),
     )
     if family == "cdc":
-        np.testing.assert_allclose(saved["codes"], codes.numpy(), rtol=1e-5, atol=1e-6)
+        # Codes are probabilities (at most 1): an absolute tolerance of the
+        # relative rounding covers the small ones.
+        np.testing.assert_allclose(
+            saved["codes"], codes.numpy(), rtol=sinkhorn_rtol(), atol=sinkhorn_rtol()
+        )
     # Record the differences for the closing note of the issue.
     print(
         f"{family}: max |loss diff| = {np.abs(saved['loss'] - expected).max():.2e},"
@@ -136,8 +170,8 @@ def test_only_process_zero_writes_and_the_model_loads_alone(fitted):
     np.testing.assert_allclose(
         loaded.transform(fitted / "images"), state["transform"], rtol=1e-5, atol=1e-6
     )
-    assert sorted(p.name for p in (fitted / "checkpoints").iterdir())[0] == (
-        "checkpoint-epoch00004.safetensors"
+    assert sorted(p.name for p in (fitted / "checkpoints").iterdir())[0].startswith(
+        "checkpoint-epoch00004-"
     )
 
 

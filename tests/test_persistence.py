@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from skorch.exceptions import DeviceWarning
 
 from deepclust import CDCClusterer, ContrastiveDisentangler
 from deepclust.estimators import _net
-from deepclust.persistence import CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE, load
+from deepclust.persistence import CONFIG_FILE, load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"max_epochs": 2, "batch_size": 16, "random_state": 0}
@@ -147,12 +148,15 @@ def test_save_load_round_trip(name, fitted, tabular, images, tmp_path):
     X = _data(name, tabular, images)
     original = fitted[name]
     original.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE]
-    )
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    # The data files are named after their content (atomic replacement).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [CONFIG_FILE, config["weights_file"], config["history_file"]]
+    )
+    assert re.fullmatch(r"model-[0-9a-f]{16}\.safetensors", config["weights_file"])
+    assert re.fullmatch(r"history-[0-9a-f]{16}\.json", config["history_file"])
     assert config["class"] == type(original).__name__
-    assert config["format_version"] == 2
+    assert config["format_version"] == 3
     stored = config["attributes"]["training_config_"]
     assert stored["backbone"] == ("mlp" if name == "CD" else "small_cnn")
     assert stored["model"]["family"] == name.lower()
@@ -264,6 +268,14 @@ def test_save_unfitted_or_onto_a_file(fitted, tmp_path):
         fitted["CD"].save(tmp_path / "file")
 
 
+def _weights(directory):
+    return directory / json.loads((directory / CONFIG_FILE).read_text())["weights_file"]
+
+
+def _history(directory):
+    return directory / json.loads((directory / CONFIG_FILE).read_text())["history_file"]
+
+
 def _edit_config(directory, **changes):
     config = json.loads((directory / CONFIG_FILE).read_text())
     for dotted, value in changes.items():
@@ -276,10 +288,10 @@ def _edit_config(directory, **changes):
 
 
 def _tamper_weights(directory):
-    tensors = load_file(directory / WEIGHTS_FILE)
+    tensors = load_file(_weights(directory))
     name = next(n for n in tensors if n.endswith("weight"))
     tensors[name] = tensors[name] + 1
-    save_file(tensors, directory / WEIGHTS_FILE)
+    save_file(tensors, _weights(directory))
 
 
 def _truncate(path, keep=0.5):
@@ -290,26 +302,26 @@ def _truncate(path, keep=0.5):
 def _fake_consistent_weights(directory):
     # Weights of another architecture, with the hash updated: only the shape
     # check can catch them.
-    tensors = load_file(directory / WEIGHTS_FILE)
+    tensors = load_file(_weights(directory))
     name = next(n for n in tensors if n.startswith("module.") and n.endswith("weight"))
     tensors[name] = torch.zeros(3, 3)
-    save_file(tensors, directory / WEIGHTS_FILE)
+    save_file(tensors, _weights(directory))
     from deepclust._serialization import sha256_file
 
-    _edit_config(directory, weights_sha256=sha256_file(directory / WEIGHTS_FILE))
+    _edit_config(directory, weights_sha256=sha256_file(_weights(directory)))
 
 
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
         (_tamper_weights, "does not match the SHA-256 recorded"),
-        (lambda d: _truncate(d / WEIGHTS_FILE), "does not match the SHA-256 recorded"),
+        (lambda d: _truncate(_weights(d)), "does not match the SHA-256 recorded"),
         (lambda d: _truncate(d / CONFIG_FILE), "is not valid JSON"),
         (
-            lambda d: _truncate(d / HISTORY_FILE),
-            "history.json is missing or does not match",
+            lambda d: _truncate(_history(d)),
+            r"history-\w+\.json is missing or does not match",
         ),
-        (lambda d: (d / WEIGHTS_FILE).unlink(), "weights file .* does not exist"),
+        (lambda d: (_weights(d)).unlink(), "weights file .* does not exist"),
         (
             lambda d: _edit_config(d, format_version=99),
             "format version 99, written by a newer deepclust",
@@ -436,9 +448,9 @@ def test_format_v1_models_still_load():
 def test_strided_small_cnn_round_trip_and_older_descriptions(tmp_path):
     # Check that a model trained on 20-px images records the strided stem of
     # "small_cnn", saves and loads with it, and that a description written
-    # before strided stems existed ("auto") still builds the stride-1 network.
+    # before strided stems existed (format 2, "auto", no widths) still loads as
+    # the stride-1 network with the first widths.
     from deepclust.datasets import make_shape_images
-    from deepclust.models import build_model
 
     X = make_shape_images(24, image_size=20, n_classes=3, random_state=0)[0]
     cdc = CDCClusterer(n_clusters=3, **SMALL).fit(X)
@@ -449,5 +461,17 @@ def test_strided_small_cnn_round_trip_and_older_descriptions(tmp_path):
     loaded = CDCClusterer.load(tmp_path)
     assert loaded.net_.module_.backbone.stages[0][0].stride == (2, 2)
     _assert_same_model(loaded, cdc, X)
-    older = build_model({**description, "stem": "auto"})
-    assert older.backbone.stages[0][0].stride == (1, 1)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    model = config["attributes"]["training_config_"]["model"]
+    model["stem"] = "auto"
+    del model["backbone_widths"]
+    config["format_version"] = 2
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="tensors of the wrong shape"):
+        # The saved weights are those of the narrower network of today.
+        CDCClusterer.load(tmp_path)
+    model["backbone_widths"] = description["backbone_widths"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    older = CDCClusterer.load(tmp_path)
+    assert older.net_.module_.backbone.stages[0][0].stride == (1, 1)
+    assert older.training_config_["model"]["stem"] == "cifar"

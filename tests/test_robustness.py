@@ -1,6 +1,7 @@
 """Failures during training lose nothing: divergence, Ctrl-C, checkpoints, streaming."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -196,9 +197,12 @@ def test_checkpoint_files_are_safetensors_and_json(tabular, tmp_path):
     content = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
     assert content["epoch"] == 3  # epochs 2 and 3 (the last) are written
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint-epoch00003.safetensors",
+        content["weights_file"],
         CHECKPOINT_FILE,
     ]
+    assert re.fullmatch(
+        r"checkpoint-epoch00003-[0-9a-f]{16}\.safetensors", content["weights_file"]
+    )
     tensors = load_file(tmp_path / content["weights_file"])
     module_state = est.net_.module_.state_dict()
     for name, value in module_state.items():

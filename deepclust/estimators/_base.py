@@ -1,15 +1,16 @@
-"""What the deepclust estimators share: validation, fitting, inference, persistence.
+"""The estimator contract both deepclust estimators share: fit, inference, I/O.
 
 The public estimators are plain scikit-learn estimators that *have* a skorch net
 (``net_``) built in ``fit``, rather than being one: this keeps scikit-learn's
 contract (explicit parameters, ``fit`` forgets, clone gives an unfitted copy) while
 skorch owns the training loop, callbacks and history.
 
-``fit`` reads the input (:func:`deepclust._inputs.read_input`), turns every
-``"auto"`` into a concrete choice (the fitted ``training_config_``, which also
-describes the network), builds the network (:func:`deepclust.models.build_model`)
-and the net (:mod:`._net`), and trains it (:func:`._training.fit_net`). A saved
-model stores ``training_config_``, so loading rebuilds the same network from it.
+``fit`` reads the input (:func:`deepclust._inputs.read_input`), lets
+:mod:`._config` turn every ``"auto"`` into a concrete choice (the fitted
+``training_config_``, which also describes the network), builds the network
+(:func:`deepclust.models.build_model`) and the net (:mod:`._net`), and trains it
+(:func:`._training.fit_net`). :mod:`._saving` writes and reads fitted
+estimators.
 """
 
 # Authors: The deepclust developers
@@ -17,21 +18,17 @@ model stores ``training_config_``, so loading rebuilds the same network from it.
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import GradientNormClipping, LRScheduler
-from skorch.history import History
 
 from deepclust import distributed
 from deepclust._inputs import (
@@ -42,33 +39,27 @@ from deepclust._inputs import (
     read_input,
     shard_input,
 )
-from deepclust._serialization import (
-    check_state_dict,
-    decode_tree,
-    encode_tree,
-    read_document,
-    read_json,
-    sha256_file,
-    write_document,
-    write_json,
-)
 from deepclust._validation import check_image_size
-from deepclust._version import __version__
 from deepclust.augment import FeatureAugment, SimCLRAugment
-from deepclust.backbones import resolve_stem
+from deepclust.estimators import _saving
+from deepclust.estimators._config import (
+    BACKBONES,
+    InputDescription,
+    resolve_runtime,
+    resolve_training_config,
+)
 from deepclust.estimators._net import (
     ContrastiveNet,
     EpochProgress,
     InputDataset,
     LRFactor,
+    describe_device,
     resolve_device,
 )
 from deepclust.estimators._training import fingerprint, fit_net
 from deepclust.models import build_model
 
-__all__ = ["BaseDeepEstimator", "Float32TransformerMixin", "load_estimator"]
-
-BACKBONES = ("auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp")
+__all__ = ["BaseDeepEstimator", "Float32TransformerMixin"]
 
 # Constraints of the parameters both estimators have; each adds its own.
 SHARED_CONSTRAINTS: dict[str, list] = {
@@ -108,26 +99,6 @@ SHARED_CONSTRAINTS: dict[str, list] = {
     "random_state": ["random_state"],
 }
 
-# Stage widths of "small_cnn": half of SmallCNN's default, for a quarter of the
-# FLOPs at the same digits ACC (benchmarks/README.md).
-_SMALL_CNN_WIDTHS = (32, 64, 128)
-# Optimiser steps of max_epochs="auto" per backbone. "small_cnn": 67 epochs of
-# the digits, under a minute on 2 CPU cores; 33 and 50 epochs scored 0.5-1.5
-# points of ACC less (benchmarks/README.md).
-AUTO_STEPS = {"mlp": 1500, "small_cnn": 1000, "resnet18": 3000, "resnet34": 20000}
-
-MODEL_FORMAT = "deepclust.model"
-MODEL_FORMAT_VERSION = 2
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-HISTORY_FILE = "history.json"
-_MODULE_PREFIX = "module."
-_ATTRIBUTE_PREFIX = "attributes."
-# Fitted attributes that are rebuilt rather than stored as values.
-_REBUILT_ATTRIBUTES = ("net_", "history_")
-# Estimator classes by name, for loading saved models (filled by subclassing).
-_ESTIMATOR_CLASSES: dict[str, type] = {}
-
 
 class Float32TransformerMixin(TransformerMixin):
     """TransformerMixin whose tags say that ``transform`` always returns float32."""
@@ -151,7 +122,7 @@ class BaseDeepEstimator(BaseEstimator):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _ESTIMATOR_CLASSES[cls.__name__] = cls
+        _saving.register(cls)
 
     # ----------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -201,36 +172,40 @@ class BaseDeepEstimator(BaseEstimator):
         self.net_ = self._build_net(
             model, device, seed, self._distributed, n_samples=len(dataset)
         )
-        # Fixed shapes: let cuDNN pick the fastest kernels (restored afterwards).
-        benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = device.type == "cuda" or benchmark
         try:
-            # A failure after a completed epoch comes back as `error`: the net
-            # then holds that epoch's weights, so the estimator is fitted first.
-            error = fit_net(
-                self.net_,
-                dataset,
-                checkpoint_dir=self.checkpoint_dir,
-                checkpoint_every=self.checkpoint_every,
-                resume=self.resume,
-                fit_description=fingerprint(
-                    self, n_samples, self.net_.max_epochs, n_processes
-                ),
-                n_user_callbacks=len(self.callbacks or []),
-            )
-        except BaseException:
-            self._forget()
+            # Fixed shapes: let cuDNN pick the fastest kernels.
+            with torch.backends.cudnn.flags(
+                enabled=torch.backends.cudnn.enabled,
+                benchmark=device.type == "cuda" or torch.backends.cudnn.benchmark,
+            ):
+                fit_net(
+                    self.net_,
+                    dataset,
+                    checkpoint_dir=self.checkpoint_dir,
+                    checkpoint_every=self.checkpoint_every,
+                    resume=self.resume,
+                    fit_description=fingerprint(
+                        self, n_samples, self.net_.max_epochs, n_processes
+                    ),
+                    n_user_callbacks=len(self.callbacks or []),
+                )
+        except BaseException as error:
+            # fit_net marks a failure after a completed epoch: the net then holds
+            # that epoch's weights, so the estimator is fitted with them first.
+            if getattr(error, "kept_epoch", None) is None:
+                self._forget()
+                raise
+            self._finish_fit(source, n_processes)
             raise
-        finally:
-            torch.backends.cudnn.benchmark = benchmark
-        self.net_.finish_distributed()
+        self._finish_fit(source, n_processes)
+        return self
+
+    def _finish_fit(self, source, n_processes) -> None:
+        self.net_.finish_training()
         self.history_ = self.net_.history
         self.n_epochs_ = len(self.history_)
         self.n_processes_ = n_processes
         self._after_fit(source)
-        if error is not None:
-            raise error
-        return self
 
     def _training_device(self) -> tuple[torch.device, bool]:
         """The training device, and whether training is distributed.
@@ -361,82 +336,23 @@ class BaseDeepEstimator(BaseEstimator):
             self.n_channels_ = source.channels
             self.input_dtype_ = np.dtype(source.dtype).name
 
-    def _resolve_training_config(
-        self, n_samples, device, *, backbone=None, max_epochs=None
-    ) -> dict:
-        """Every 'auto' made concrete for the fitted input and ``device``.
-
-        ``backbone`` and ``max_epochs`` override the choices (models saved in
-        format 1 stored only those two).
-        """
+    def _resolve_training_config(self, n_samples, device) -> dict:
+        """Every 'auto' made concrete for the fitted input and ``device``."""
         tabular = self.input_kind_ == "tabular"
-        side = None if tabular else max(self.image_size_)
-        gpu = device.type == "cuda"
-        if backbone is None:
-            backbone = self.backbone
-            if backbone == "auto":
-                if tabular:
-                    backbone = "mlp"
-                elif side <= 16 or (side <= 64 and not gpu):
-                    backbone = "small_cnn"
-                elif side <= 64:
-                    backbone = "resnet18"
-                else:
-                    backbone = "resnet34" if gpu else "resnet18"
-        if max_epochs is None:
-            max_epochs = self.max_epochs
-            if max_epochs == "auto":
-                batches_per_epoch = max(1, math.ceil(n_samples / self.batch_size))
-                name = backbone if isinstance(backbone, str) else "resnet18"
-                steps = AUTO_STEPS.get(name, 3000)
-                max_epochs = int(np.clip(round(steps / batches_per_epoch), 5, 1000))
-        lr = self.lr
-        if lr == "auto":
-            # Short default budgets of the small CPU networks gain 4-6 points of
-            # digits ACC from 1e-3; 3e-4 is the reference setting for ResNets.
-            lr = 1e-3 if backbone in ("small_cnn", "mlp") else 3e-4
-        return {
-            "backbone": backbone,
-            "max_epochs": int(max_epochs),
-            "lr": float(lr),
-            "augment": None if tabular else self._resolve_augment(side),
-            "model": {
-                "family": self._family,
-                "backbone": backbone,
-                "in_channels": 3 if tabular else self.n_channels_,
-                "image_size": None if tabular else list(self.image_size_),
-                "n_features": self.n_features_in_ if tabular else None,
-                # Recorded resolved for "small_cnn": "auto" means stride 1 in
-                # descriptions written before it had a strided stem.
-                "stem": resolve_stem(backbone, self.image_size_, self.stem)
-                if backbone == "small_cnn"
-                else self.stem,
-                "backbone_weights": None,
-                "freeze_backbone": self.freeze_backbone,
-                "backbone_widths": list(_SMALL_CNN_WIDTHS)
-                if backbone == "small_cnn"
-                else None,
-                "heads": self._head_params(),
-            },
-        }
-
-    def _resolve_augment(self, side) -> dict:
-        strength = self.augment_strength
-        if strength == "auto":
-            strength = 0.5 if side <= 64 else 1.0
-        crop_scale = self.crop_scale
-        if crop_scale == "auto":
-            crop_scale = (
-                (0.3, 1.0) if side <= 16 else (0.2, 1.0) if side <= 32 else (0.08, 1.0)
-            )
-        blur = self.blur if self.blur != "auto" else side > 64
-        hflip = self.hflip if self.hflip != "auto" else self.n_channels_ == 3
-        return {
-            "crop_scale": [float(v) for v in crop_scale],
-            "flip_p": 0.5 if hflip else 0.0,
-            "jitter_strength": float(strength),
-            "blur_p": 0.5 if blur else 0.0,
-        }
+        data = InputDescription(
+            self.input_kind_,
+            n_samples,
+            image_size=None if tabular else tuple(self.image_size_),
+            n_channels=None if tabular else self.n_channels_,
+            n_features=self.n_features_in_ if tabular else None,
+        )
+        return resolve_training_config(
+            self.get_params(deep=False),
+            family=self._family,
+            heads=self._head_params(),
+            data=data,
+            device=describe_device(device),
+        )
 
     def _augment(self):
         """The augmentation of the clustering stage, from ``training_config_``."""
@@ -466,34 +382,27 @@ class BaseDeepEstimator(BaseEstimator):
         scaler.set_statistics(scaler.to_unit(sample), step="standardize")
 
     def _build_net(
-        self, model, device, seed, distributed=False, n_samples=None
+        self, model, device, seed, multi_process=False, n_samples=None
     ) -> ContrastiveNet:
+        """The skorch net that trains ``model`` on ``device`` (or runs it).
+
+        Precision and loader workers are resolved for ``device`` (a model
+        loaded on another device than it was trained on gets its own).
+        """
         config = self.training_config_
+        runtime = resolve_runtime(self.get_params(deep=False), describe_device(device))
         gpu = device.type == "cuda"
-        precision = self.precision
-        if precision == "auto":
-            # bf16 is native from Ampere (compute capability 8) on; older GPUs
-            # emulate it.
-            precision = (
-                "bf16"
-                if gpu and torch.cuda.get_device_capability(device)[0] >= 8
-                else "fp32"
-            )
         # oneDNN's CPU convolutions, like cuDNN's, are faster channels-last
         # (a third per step for "small_cnn").
         channels_last = self.input_kind_ == "image"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        num_workers = self.num_workers
-        if num_workers == "auto":
-            # Only a GPU fed from files needs loader processes; the rest is on device.
-            num_workers = min(8, os.cpu_count() or 1) if gpu else 0
-        iterator_params = {"num_workers": num_workers, "pin_memory": gpu}
-        if num_workers:
+        iterator_params = {"num_workers": runtime["num_workers"], "pin_memory": gpu}
+        if runtime["num_workers"]:
             iterator_params["persistent_workers"] = True
         net = ContrastiveNet(
             module=model,
-            criterion=self._build_objective(channels_last, distributed, n_samples),
+            criterion=self._build_objective(channels_last, multi_process, n_samples),
             optimizer=torch.optim.Adam,
             optimizer__weight_decay=self.weight_decay,
             # One fused kernel per step instead of several per parameter tensor.
@@ -506,9 +415,9 @@ class BaseDeepEstimator(BaseEstimator):
             verbose=int(self.verbose >= 2),
             device=str(device),
             compile=self.compile,
-            precision_dtype=torch.bfloat16 if precision == "bf16" else None,
+            precision_dtype=torch.bfloat16 if runtime["precision"] == "bf16" else None,
             generator_seed=seed,
-            distributed=distributed,
+            distributed=multi_process,
             **{f"iterator_train__{k}": v for k, v in iterator_params.items()},
         )
         if self.verbose < 2:
@@ -649,12 +558,13 @@ class BaseDeepEstimator(BaseEstimator):
         """
         from deepclust._export import export_onnx
 
-        if self._writes_nothing():
+        if self._is_secondary_process():
             return Path(path)
         return export_onnx(self, path, **kwargs)
 
-    def _writes_nothing(self) -> bool:
-        """Whether this is a process other than 0 of the job that trained the model."""
+    def _is_secondary_process(self) -> bool:
+        """Whether this is a process other than 0 of a distributed fit (which
+        writes no file: process 0 writes them for all)."""
         return getattr(self.net_, "distributed", False) and distributed.rank() != 0
 
     def __sklearn_tags__(self):
@@ -666,18 +576,19 @@ class BaseDeepEstimator(BaseEstimator):
     def save(self, path) -> None:
         """Save the fitted estimator to a directory, without pickle.
 
-        The directory holds ``model.safetensors`` (the network's weights and the
-        fitted arrays such as ``labels_``), ``history.json`` (the training
-        history) and ``config.json`` (the library version, the class, the
-        parameters, the fitted attributes including ``training_config_``, and
-        the SHA-256 of the other two files). Reload with :meth:`load` or
+        The directory holds ``config.json`` (the library version, the class,
+        the parameters, the fitted attributes including ``training_config_``),
+        the weights and fitted arrays such as ``labels_`` in
+        ``model-<hash>.safetensors`` and the training history in
+        ``history-<hash>.json``. Saving over an existing model replaces it
+        atomically: an interrupted save (a kill, a full disk) leaves the previous
+        model loadable. Reload with :meth:`load` or
         :func:`deepclust.persistence.load`.
 
         Parameters
         ----------
         path : str or path-like
-            Directory to write (created if needed); the three files in it are
-            overwritten.
+            Directory to write (created if needed).
 
         Raises
         ------
@@ -688,48 +599,7 @@ class BaseDeepEstimator(BaseEstimator):
             callbacks, a ``RandomState`` instance), or ``path`` is an existing file.
         """
         check_is_fitted(self, "net_")
-        if self._writes_nothing():
-            return
-        params = _params_to_json(self)
-        directory = Path(path)
-        if directory.exists() and not directory.is_dir():
-            raise ValueError(
-                f"path {str(path)!r} is an existing file; save() writes a directory."
-            )
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, torch.Tensor] = {
-            _MODULE_PREFIX + name: tensor.detach().to("cpu").contiguous()
-            for name, tensor in self._model().state_dict().items()
-        }
-        attributes = {
-            name: encode_tree(
-                value, tensors, _ATTRIBUTE_PREFIX + name, where=f"attribute {name}"
-            )
-            for name, value in vars(self).items()
-            if name.endswith("_")
-            and not name.startswith("_")
-            and name not in _REBUILT_ATTRIBUTES
-        }
-        history = encode_tree(
-            self.history_.to_list(), tensors, "history", where="the history"
-        )
-        write_json(directory / HISTORY_FILE, history)
-        write_document(
-            directory,
-            CONFIG_FILE,
-            {
-                "format": MODEL_FORMAT,
-                "format_version": MODEL_FORMAT_VERSION,
-                "deepclust_version": __version__,
-                "class": type(self).__name__,
-                "params": params,
-                "attributes": attributes,
-                "history_file": HISTORY_FILE,
-                "history_sha256": sha256_file(directory / HISTORY_FILE),
-            },
-            tensors,
-            WEIGHTS_FILE,
-        )
+        _saving.save_estimator(self, path)
 
     @classmethod
     def load(cls, path, *, device=None):
@@ -751,198 +621,10 @@ class BaseDeepEstimator(BaseEstimator):
         estimator : object
             The fitted estimator.
         """
-        estimator = load_estimator(path, device=device)
+        estimator = _saving.load_estimator(path, device=device)
         if not isinstance(estimator, cls):
             raise ValueError(
                 f"{str(path)!r} holds a {type(estimator).__name__}, not a "
                 f"{cls.__name__}; use deepclust.persistence.load to load any estimator."
             )
         return estimator
-
-
-def load_estimator(path, *, device=None):
-    """Load an estimator written by :meth:`BaseDeepEstimator.save`.
-
-    See :func:`deepclust.persistence.load`, which documents it and makes sure
-    that every estimator class is registered.
-    """
-    directory = Path(path)
-    what = f"cannot load a deepclust model from {str(path)!r}"
-    if not directory.is_dir():
-        raise ValueError(f"{what}: it is not a directory (save() writes a directory).")
-    config, tensors = read_document(
-        directory,
-        CONFIG_FILE,
-        format_name=MODEL_FORMAT,
-        version=MODEL_FORMAT_VERSION,
-        what=what,
-    )
-    try:
-        class_name = config["class"]
-        params = decode_tree(config["params"], {})
-        history_file, history_sha256 = config["history_file"], config["history_sha256"]
-        stored_attributes = config["attributes"]
-        # Format 1 stored only the backbone and epochs that were chosen.
-        resolved = (
-            decode_tree(config["resolved"], {})
-            if config["format_version"] == 1
-            else None
-        )
-    except (KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{what}: config.json lacks the entry {exc}; it was edited or truncated."
-        ) from None
-    if not isinstance(history_file, str) or Path(history_file).name != history_file:
-        raise ValueError(
-            f"{what}: config.json names the file {history_file!r}, which "
-            "is not a plain file name."
-        )
-    estimator_class = (
-        _ESTIMATOR_CLASSES.get(class_name) if isinstance(class_name, str) else None
-    )
-    if estimator_class is None:
-        raise ValueError(
-            f"{what}: unknown estimator class {class_name!r}; expected one "
-            f"of {sorted(_ESTIMATOR_CLASSES)}."
-        )
-    if (
-        not (directory / history_file).is_file()
-        or sha256_file(directory / history_file) != history_sha256
-    ):
-        raise ValueError(
-            f"{what}: {history_file} is missing or does not match the SHA-256 recorded "
-            "when it was saved; it was modified, truncated or replaced."
-        )
-    try:
-        history = decode_tree(read_json(directory / history_file, what), tensors)
-        attributes = {
-            name: decode_tree(value, tensors)
-            for name, value in stored_attributes.items()
-        }
-    except KeyError as exc:
-        raise ValueError(
-            f"{what}: the weights file lacks the tensor {exc} named in the JSON files."
-        ) from None
-    # Parameters added since the model was saved take the value that describes it.
-    params = {**getattr(estimator_class, "_legacy_params", {}), **params}
-    try:
-        estimator = estimator_class(**params)
-    except TypeError as exc:
-        raise ValueError(
-            f"{what}: config.json has parameters unknown to {class_name} in this "
-            f"version of deepclust ({exc})."
-        ) from None
-    try:
-        estimator._validate_params()
-    except ValueError as exc:
-        raise ValueError(
-            f"{what}: config.json holds an invalid parameter value ({exc})."
-        ) from None
-    estimator.device = _loading_device(params.get("device", "auto"), device)
-    target = resolve_device(estimator.device)
-    for name, value in attributes.items():
-        setattr(estimator, name, value)
-    try:
-        if resolved is not None:
-            estimator.training_config_ = estimator._resolve_training_config(
-                None,
-                target,
-                backbone=resolved["backbone"],
-                max_epochs=resolved["max_epochs"],
-            )
-            # Format 1 predates recorded widths and strided stems: build_model's
-            # defaults are theirs.
-            del estimator.training_config_["model"]["backbone_widths"]
-            estimator.training_config_["model"]["stem"] = estimator.stem
-        description = estimator.training_config_["model"]
-        expected = {"family": estimator._family, "heads": estimator._head_params()}
-        stored = {name: description[name] for name in expected}
-        model = build_model(description)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{what}: config.json lacks fitted attributes or training choices needed "
-            f"to rebuild the network ({type(exc).__name__}: {exc})."
-        ) from None
-    if encode_tree(stored, {}, "model") != encode_tree(expected, {}, "model"):
-        raise ValueError(
-            f"{what}: the parameters in config.json ({expected}) do not match the "
-            f"stored network description ({stored}); config.json was edited."
-        )
-    weights = {
-        name[len(_MODULE_PREFIX) :]: tensor
-        for name, tensor in tensors.items()
-        if name.startswith(_MODULE_PREFIX)
-    }
-    # Buffers added since the model was saved keep their initial value.
-    current = model.state_dict()
-    for name in getattr(model, "optional_state", ()):
-        weights.setdefault(name, current[name])
-    check_state_dict(model.state_dict(), weights, what)
-    model.load_state_dict(weights)
-    estimator.net_ = estimator._build_net(model, target, 0)
-    estimator.net_.initialize()
-    estimator.net_.history = History(history)
-    estimator.history_ = estimator.net_.history
-    return estimator
-
-
-def _loading_device(saved, requested) -> str:
-    if requested is not None:
-        resolve_device(requested)
-        return str(requested)
-    try:
-        resolve_device(saved)
-    except ValueError:
-        warnings.warn(
-            f"The model was saved with device={saved!r}, which is not available here; "
-            "loading it on the CPU (device='cpu').",
-            UserWarning,
-            stacklevel=3,
-        )
-        return "cpu"
-    return saved
-
-
-def _params_to_json(estimator) -> dict:
-    """The estimator's parameters as JSON; a ValueError names any that is not."""
-    encoded = {}
-    for name, value in estimator.get_params(deep=False).items():
-        if name == "callbacks" and value is not None:
-            raise ValueError(
-                "callbacks cannot be saved without pickle (they are code); they only "
-                "matter for training: call est.set_params(callbacks=None) before "
-                "save(), "
-                "or use pickle/joblib."
-            )
-        if name == "backbone" and callable(value):
-            raise ValueError(
-                f"backbone={value!r} is a callable, which cannot be saved without "
-                "pickle "
-                "(it is code); save() needs a named backbone ('resnet18', 'resnet34', "
-                "'resnet50', 'small_cnn' or 'mlp'). Use pickle/joblib instead."
-            )
-        if isinstance(value, torch.device):
-            value = str(value)
-        elif isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        try:
-            encoded[name] = encode_tree(value, {}, name, where=f"parameter {name}")
-        except TypeError as exc:
-            raise ValueError(
-                f"{exc} save() stores parameters as JSON: set {name} to a plain value "
-                "(e.g. random_state to an int) or use pickle/joblib."
-            ) from None
-    return encoded
-
-
-def warn_empty_clusters(sizes: np.ndarray, estimator_name: str) -> None:
-    """ConvergenceWarning naming the empty clusters, as KMeans does."""
-    empty = np.flatnonzero(sizes == 0)
-    if len(empty):
-        warnings.warn(
-            f"{estimator_name} left {len(empty)} of {len(sizes)} clusters empty "
-            f"(clusters {empty.tolist()[:10]}); see cluster_sizes_. More epochs, a "
-            "larger batch_size or fewer n_clusters usually help.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )

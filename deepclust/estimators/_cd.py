@@ -298,12 +298,12 @@ callable, default="auto"
     def _head_params(self):
         return {"projection_dim": self.projection_dim, "n_heads": self.n_heads}
 
-    def _build_objective(self, channels_last, distributed=False, n_samples=None):
+    def _build_objective(self, channels_last, multi_process=False, n_samples=None):
         loss = CDLoss(
             self.instance_temperature,
             self.feature_temperature,
             self.entropy_weight,
-            gather_distributed=distributed,
+            gather_distributed=multi_process,
         )
         return CDObjective(loss, self._augment(), channels_last)
 

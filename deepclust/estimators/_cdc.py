@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from deepclust._inputs import InputError, labels_from_proba
@@ -15,18 +17,13 @@ from deepclust.estimators._base import (
     SHARED_CONSTRAINTS,
     BaseDeepEstimator,
     Float32TransformerMixin,
-    warn_empty_clusters,
 )
+from deepclust.estimators._config import NEIGHBOR_EVERY
 from deepclust.estimators._net import NeighborMining
 from deepclust.losses import CDCLoss, ConfidenceBasedCE
 from deepclust.models import balancing_bias
 from deepclust.objectives import CDCObjective, NeighborBank
 
-# Neighbour mining starts after this share of the clustering epochs (the
-# embedding is not worth mining before), and mines again every few epochs.
-_NEIGHBOR_START = 0.3
-_NEIGHBOR_EVERY = 3
-_MAX_NEIGHBOR_SAMPLES = 100_000
 # Heads are compared by their mean cluster loss over this many last epochs.
 _SELECTION_EPOCHS = 3
 
@@ -409,10 +406,6 @@ callable, default="auto"
                 "at least n_clusters samples are needed."
             )
 
-    # Parameters added after models were first saved, with the value that
-    # describes those models (one head, no neighbours).
-    _legacy_params = {"n_cluster_heads": 1, "neighbor_weight": 0.0}
-
     def _head_params(self):
         params = {
             "n_clusters": self.n_clusters,
@@ -423,18 +416,6 @@ callable, default="auto"
             params["n_heads"] = self.n_cluster_heads
         return params
 
-    def _resolve_training_config(self, n_samples, device, **choices):
-        config = super()._resolve_training_config(n_samples, device, **choices)
-        # A neighbour bank holds N x heads x clusters codes and mining compares
-        # all N samples: beyond this many, leave neighbours out.
-        use = self.neighbor_weight > 0 and (n_samples or 0) <= _MAX_NEIGHBOR_SAMPLES
-        # Never before the second epoch: an untrained embedding has no neighbours
-        # worth having.
-        config["neighbor_start_epoch"] = (
-            max(1, round(_NEIGHBOR_START * config["max_epochs"])) if use else None
-        )
-        return config
-
     def _training_callbacks(self):
         start = self.training_config_.get("neighbor_start_epoch")
         if start is None:
@@ -442,11 +423,11 @@ callable, default="auto"
         return [
             (
                 "neighbor_mining",
-                NeighborMining(start, _NEIGHBOR_EVERY, self.predict_batch_size),
+                NeighborMining(start, NEIGHBOR_EVERY, self.predict_batch_size),
             )
         ]
 
-    def _build_objective(self, channels_last, distributed=False, n_samples=None):
+    def _build_objective(self, channels_last, multi_process=False, n_samples=None):
         neighbors = None
         if n_samples and self.training_config_.get("neighbor_start_epoch") is not None:
             neighbors = NeighborBank(
@@ -460,7 +441,7 @@ callable, default="auto"
             sinkhorn_epsilon=self.sinkhorn_epsilon,
             sinkhorn_iterations=self.sinkhorn_iterations,
             swapped=self.swapped_assignment,
-            gather_distributed=distributed,
+            gather_distributed=multi_process,
             n_heads=self.n_cluster_heads,
             neighbor_weight=self.neighbor_weight,
         )
@@ -499,7 +480,7 @@ callable, default="auto"
         self.cluster_sizes_ = np.bincount(
             self.labels_[self.labels_ >= 0], minlength=self.n_clusters
         )
-        warn_empty_clusters(self.cluster_sizes_, type(self).__name__)
+        _warn_empty_clusters(self.cluster_sizes_, type(self).__name__)
 
     def _fill_empty_clusters(self, source):
         """Set the smallest cluster bias under which no cluster is left empty.
@@ -630,3 +611,16 @@ callable, default="auto"
         shares = sizes[sizes > 0].float() / sizes.sum()
         balance = float(-(shares * shares.log()).sum() / np.log(self.n_clusters))
         return max(0.0, agreement * balance)  # never -0.0 for a single cluster
+
+
+def _warn_empty_clusters(sizes: np.ndarray, estimator_name: str) -> None:
+    """ConvergenceWarning naming the empty clusters, as KMeans does."""
+    empty = np.flatnonzero(sizes == 0)
+    if len(empty):
+        warnings.warn(
+            f"{estimator_name} left {len(empty)} of {len(sizes)} clusters empty "
+            f"(clusters {empty.tolist()[:10]}); see cluster_sizes_. More epochs, a "
+            "larger batch_size or fewer n_clusters usually help.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )

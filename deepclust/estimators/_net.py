@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -34,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from deepclust import distributed
 from deepclust._inputs import TabularInput, iter_batches
+from deepclust.estimators._config import DeviceDescription
 
 __all__ = [
     "ContrastiveNet",
@@ -44,6 +46,7 @@ __all__ = [
     "LRFactor",
     "NeighborMining",
     "TrainingDivergedError",
+    "describe_device",
     "resolve_device",
 ]
 
@@ -62,6 +65,16 @@ GENERATORS = ("shuffle_generator_", "augment_generator_")
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+def describe_device(device: torch.device) -> DeviceDescription:
+    """What the "auto" choices need to know about a device (see :mod:`._config`)."""
+    native_bf16 = (
+        device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    )
+    return DeviceDescription(
+        device.type, native_bf16=native_bf16, n_cpus=os.cpu_count() or 1
+    )
 
 
 def resolve_device(device) -> torch.device:
@@ -503,17 +516,38 @@ class ContrastiveNet(NeuralNet):
             self.history.record_batch(f"{name}_loss", value)
         return {"loss": loss.detach(), "y_pred": None}
 
+    def finish_training(self):
+        """Leave the trained model in eval mode for good (and unwrap DDP).
+
+        A fitted model is never switched back to train mode by inference, so
+        concurrent predictions from several threads read the same frozen
+        BatchNorm statistics and none of them updates them.
+        """
+        self.finish_distributed()
+        self.unwrapped_module().eval()
+        return self
+
     @contextmanager
     def _inference(self):
-        """The unwrapped model in eval mode, without gradient, under autocast."""
+        """The unwrapped model in eval mode, without gradient, under autocast.
+
+        Outside training the model is already in eval mode and is left
+        untouched (see :meth:`finish_training`): switching modes around each
+        call would race with other threads and let BatchNorm update its
+        running statistics. Only inference *during* training (callbacks such
+        as neighbour mining, in the training thread) switches to eval mode and
+        back.
+        """
         model = self.unwrapped_module()
         was_training = model.training
-        model.eval()
+        if was_training:
+            model.eval()
         try:
             with torch.no_grad(), self.autocast():
                 yield model
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
 
     def _unit_batches(self, source, batch_size):
         batches = iter_batches(source, batch_size)

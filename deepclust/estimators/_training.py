@@ -32,6 +32,7 @@ from deepclust._serialization import (
     decode_tree,
     encode_tree,
     read_document,
+    remove_unnamed_files,
     write_document,
 )
 from deepclust._version import __version__
@@ -41,11 +42,13 @@ from deepclust.estimators._net import (
     generator_state,
     restore_generators,
 )
+from deepclust.estimators._saving import upgrade_checkpoint
 
 CHECKPOINT_FORMAT = "deepclust.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.json"
-_WEIGHTS_NAME = "checkpoint-epoch{:05d}.safetensors"
+# Weights files are named after the epoch and their content (see write_checkpoint).
+_WEIGHTS_PREFIX = "checkpoint-epoch{:05d}"
 _WEIGHTS_GLOB = "checkpoint-epoch*.safetensors"
 # Parameters that do not change what is trained: a fit may resume with other values.
 _NOT_COMPARED = frozenset(
@@ -62,15 +65,6 @@ _NOT_COMPARED = frozenset(
         "verbose",
     }
 )
-
-
-def check_checkpoint_params(estimator) -> None:
-    """Checks of the checkpoint parameters that constraints cannot express."""
-    if estimator.resume and estimator.checkpoint_dir is None:
-        raise ValueError(
-            "resume=True needs checkpoint_dir: the directory that holds the checkpoint "
-            "to continue from (set checkpoint_dir, or resume=False)."
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -198,9 +192,10 @@ def _process_state(net) -> dict:
 def write_checkpoint(net, module_state, directory, fingerprint, processes) -> None:
     """Write the training state after the current epoch, replacing the previous one.
 
-    The weights go to a new ``checkpoint-epochNNNNN.safetensors`` and only then
-    does ``checkpoint.json`` point to it (atomic replace), so that an
-    interruption while writing leaves the previous checkpoint usable.
+    The weights go to a new ``checkpoint-epochNNNNN-<hash>.safetensors`` (a name
+    no current checkpoint uses) and only then does ``checkpoint.json`` point to
+    it (atomic replace), so that an interruption while writing leaves the
+    previous checkpoint usable.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -233,11 +228,10 @@ def write_checkpoint(net, module_state, directory, fingerprint, processes) -> No
             net.history.to_list(), tensors, "history", where="the history"
         ),
     }
-    weights = _WEIGHTS_NAME.format(epoch)
-    write_document(directory, CHECKPOINT_FILE, content, tensors, weights)
-    for old in directory.glob(_WEIGHTS_GLOB):
-        if old.name != weights:
-            old.unlink(missing_ok=True)
+    weights = write_document(
+        directory, CHECKPOINT_FILE, content, tensors, _WEIGHTS_PREFIX.format(epoch)
+    )
+    remove_unnamed_files(directory, (_WEIGHTS_GLOB,), keep={weights})
 
 
 def read_checkpoint(directory) -> dict | None:
@@ -258,6 +252,7 @@ def read_checkpoint(directory) -> dict | None:
         version=CHECKPOINT_FORMAT_VERSION,
         what=what,
     )
+    content = upgrade_checkpoint(content)
     try:
         # The fingerprint stays encoded: it is compared with a fresh encoded one.
         return {
@@ -356,11 +351,7 @@ def _restore_training_state(net, checkpoint, directory) -> None:
             f"{what}: its optimizer state does not fit the model ({exc})."
         ) from None
     net.history = History(checkpoint["history"])
-    # Checkpoints of deepclust 0.1 hold one process's generators only.
-    processes = checkpoint.get("processes") or [
-        {"generators": checkpoint["generators"]}
-    ]
-    own = processes[net.process_rank]
+    own = checkpoint["processes"][net.process_rank]
     restore_generators(net, own["generators"])
     if own.get("criterion"):
         net.criterion_.load_state_dict(own["criterion"])
@@ -380,7 +371,7 @@ def fit_net(
     resume=False,
     fit_description=None,
     n_user_callbacks=0,
-) -> BaseException | None:
+) -> None:
     """Train ``net`` on ``dataset``, resuming and recovering as configured.
 
     Parameters
@@ -397,19 +388,19 @@ def fit_net(
         :func:`fingerprint` of the fit; a resumed fit must match it.
     n_user_callbacks : int, default=0
 
-    Returns
-    -------
-    error : Exception or None
-        An exception that stopped training after at least one epoch with finite
-        weights. The net then holds the weights of that epoch and its history
-        ends there; the caller finishes the fit and raises it. When nothing can
-        be kept, the exception propagates from here.
+    Raises
+    ------
+    Exception
+        Whatever stopped training. When at least one epoch with finite weights
+        completed, the net holds that epoch's weights, its history ends there
+        and the exception has the attribute ``kept_epoch`` (the epoch kept): the
+        caller can finish the fit with them before letting it propagate.
 
     Warns
     -----
     UserWarning
         When training was interrupted by ``KeyboardInterrupt``: the net holds the
-        weights of the last completed epoch.
+        weights of the last completed epoch and the fit counts as done.
     """
     recovery = TrainingRecovery(checkpoint_dir, checkpoint_every, fit_description)
     # After the learning-rate scheduler (checkpoints hold its stepped state),
@@ -432,53 +423,58 @@ def fit_net(
                 dataset, None, epochs=max(0, net.max_epochs - len(net.history))
             )
     except Exception as error:
-        if not _restore_snapshot(net, recovery):
-            raise
-        _add_note(
-            error,
-            f"deepclust kept the weights of epoch {recovery.snapshot_epoch_}, "
-            "the last epoch with finite weights: the estimator is fitted "
-            f"with them (n_epochs_={recovery.snapshot_epoch_}).",
-        )
-        return error
-
+        _keep_last_good_epoch(net, recovery, error)
+        raise
     trained = len(net.history)
     interrupted = trained > recovery.completed_epoch_
-    if interrupted or recovery.snapshot_epoch_ < trained:
-        if not _restore_snapshot(net, recovery):
-            if interrupted:
-                raise KeyboardInterrupt(
-                    f"Training was interrupted during epoch {trained}, before any "
-                    "epoch completed; the estimator is not fitted."
-                )
-            raise TrainingDivergedError(
-                f"The weights became NaN or infinite at epoch {trained} and no earlier "
-                "epoch had finite weights. Try a lower lr, gradient clipping "
-                "(grad_clip_norm=1.0) or precision='fp32'."
-            )
-        kept = recovery.snapshot_epoch_
-        if not interrupted:
-            return TrainingDivergedError(
-                "The weights became NaN or infinite at epoch "
-                f"{recovery.completed_epoch_}; the estimator keeps the weights of "
-                f"epoch {kept}, the last finite ones. Try a lower lr, gradient "
-                "clipping (grad_clip_norm=1.0) or precision='fp32'."
-            )
-        hint = ""
-        if recovery.checkpoint_epoch_ is not None or checkpoint is not None:
-            hint = (
-                f" Fit again with resume=True to continue from the checkpoint in "
-                f"{str(checkpoint_dir)!r}."
-            )
-        warnings.warn(
-            f"Training was interrupted (KeyboardInterrupt) during epoch {trained}; the "
-            f"estimator is fitted with the weights of epoch {kept}, the last completed "
-            f"epoch.{hint}",
-            UserWarning,
-            stacklevel=3,
+    if not interrupted and recovery.snapshot_epoch_ >= trained:
+        recovery.snapshot_ = None
+        return
+    if not interrupted:
+        kept = recovery.snapshot_epoch_ if recovery.snapshot_ is not None else None
+        outcome = (
+            f"the estimator keeps the weights of epoch {kept}, the last finite ones"
+            if kept
+            else "no earlier epoch had finite weights"
         )
-    recovery.snapshot_ = None
-    return None
+        error = TrainingDivergedError(
+            f"The weights became NaN or infinite at epoch {trained}; {outcome}. "
+            "Try a lower lr, gradient clipping (grad_clip_norm=1.0) or "
+            "precision='fp32'."
+        )
+        _keep_last_good_epoch(net, recovery, error)
+        raise error
+    if not _restore_snapshot(net, recovery):
+        raise KeyboardInterrupt(
+            f"Training was interrupted during epoch {trained}, before any "
+            "epoch completed; the estimator is not fitted."
+        )
+    hint = ""
+    if recovery.checkpoint_epoch_ is not None or checkpoint is not None:
+        hint = (
+            f" Fit again with resume=True to continue from the checkpoint in "
+            f"{str(checkpoint_dir)!r}."
+        )
+    warnings.warn(
+        f"Training was interrupted (KeyboardInterrupt) during epoch {trained}; the "
+        f"estimator is fitted with the weights of epoch {recovery.snapshot_epoch_}, "
+        f"the last completed epoch.{hint}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _keep_last_good_epoch(net, recovery, error: BaseException) -> None:
+    """Give the net the last finite epoch's weights and mark ``error`` with it."""
+    kept = recovery.snapshot_epoch_
+    if not _restore_snapshot(net, recovery):
+        return
+    error.kept_epoch = kept
+    _add_note(
+        error,
+        f"deepclust kept the weights of epoch {kept}, the last epoch with finite "
+        f"weights: the estimator is fitted with them (n_epochs_={kept}).",
+    )
 
 
 def _restore_snapshot(net, recovery) -> bool:
