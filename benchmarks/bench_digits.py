@@ -8,6 +8,14 @@ when ``umap-learn`` is installed. Everything runs offline on the bundled digits.
 
     python benchmarks/bench_digits.py                        # defaults, seeds 0-4
     python benchmarks/bench_digits.py --seeds 0 1 2 3 4 5 6 7 --threads 1
+    python benchmarks/bench_digits.py --seeds 0 1 2 3 4 5 6 7 8 9 --threads 1 2 \
+        --no-umap --heads                                    # the 20 draws
+
+A draw is a (seed, torch thread count) pair: another thread count adds floats in
+another order, so it is another draw of the same seed. With several thread counts
+the summary also gives, per draw, CDC's ACC minus that of CD heads + KMeans, and
+``--heads`` prints what other choices among CDC's cluster heads would have scored
+(the one with the lowest loss is kept; the medoid by ARI; the best, with labels).
     python benchmarks/bench_digits.py --epochs 20 auto --models cdc
     python benchmarks/bench_digits.py --models cdc+sl        # self-labelling stage
 """
@@ -69,18 +77,18 @@ def _peers(images, seed, with_umap):
 
 
 def _fit(method, epochs, seed, images, self_label_epochs):
-    """(name, predicted labels) of one deepclust fit."""
+    """(name, predicted labels, fitted estimator) of one deepclust fit."""
     if method in ("cdc", "cdc+sl"):
         extra = {"self_label_epochs": self_label_epochs} if method == "cdc+sl" else {}
         cdc = CDCClusterer(10, max_epochs=epochs, random_state=seed, **extra)
         cdc.fit(images)
         name = "CDC" if method == "cdc" else "CDC + self-label"
-        return f"{name} ({cdc.n_epochs_} ep)", cdc.labels_
+        return f"{name} ({cdc.n_epochs_} ep)", cdc.labels_, cdc
     cd = ContrastiveDisentangler(max_epochs=epochs, random_state=seed).fit(images)
     predicted = KMeans(10, n_init=10, random_state=seed).fit_predict(
         cd.transform(images)
     )
-    return f"CD heads + KMeans ({cd.n_epochs_} ep)", predicted
+    return f"CD heads + KMeans ({cd.n_epochs_} ep)", predicted, cd
 
 
 def main(argv=None):
@@ -100,14 +108,21 @@ def main(argv=None):
         choices=["cdc", "cdc+sl", "cd"],
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+        "--threads",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="torch thread counts, one draw per seed and count (default: torch's)",
+    )
+    parser.add_argument(
+        "--heads",
+        action="store_true",
+        help="also score other choices among CDC's cluster heads",
     )
     parser.add_argument(
         "--no-umap", action="store_true", help="skip the UMAP peers even if installed"
     )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
@@ -117,32 +132,41 @@ def main(argv=None):
     except ImportError:
         with_umap = False
     images, labels = load_digits_images()
-    print(f"torch threads: {torch.get_num_threads()}, UMAP peers: {with_umap}")
+    print(f"threads: {args.threads}, UMAP peers: {with_umap}")
     print(
-        f"{'method':<28} {'seed':>4} {'ACC':>6} {'NMI':>6} {'ARI':>6} "
+        f"{'method':<28} {'draw':>6} {'ACC':>6} {'NMI':>6} {'ARI':>6} "
         f"{'wall s':>7} {'CPU s':>7}"
     )
     results = defaultdict(list)
+    by_draw = defaultdict(dict)
 
-    def record(name, seed, predicted, wall, cpu):
+    def record(name, draw, predicted, wall, cpu):
         scores = clustering_scores(labels, predicted)
         results[name].append((scores["acc"], scores["nmi"], scores["ari"], wall))
+        by_draw[draw][name] = scores["acc"]
         print(
-            f"{name:<28} {seed:>4} {scores['acc']:6.3f} {scores['nmi']:6.3f} "
+            f"{name:<28} {draw:>6} {scores['acc']:6.3f} {scores['nmi']:6.3f} "
             f"{scores['ari']:6.3f} {wall:7.1f} {cpu:7.1f}",
             flush=True,
         )
 
-    for seed in args.seeds:
-        for name, predicted, wall, cpu in _peers(images, seed, with_umap):
-            record(name, seed, predicted, wall, cpu)
-        for budget in args.epochs:
-            epochs = budget if budget == "auto" else int(budget)
-            for method in args.models:
-                (name, predicted), wall, cpu = _timed(
-                    _fit, method, epochs, seed, images, args.self_label_epochs
-                )
-                record(name, seed, predicted, wall, cpu)
+    for threads in args.threads:
+        if threads:
+            torch.set_num_threads(threads)
+        for seed in args.seeds:
+            draw = f"{seed}/{torch.get_num_threads()}t"
+            for name, predicted, wall, cpu in _peers(images, seed, with_umap):
+                record(name, draw, predicted, wall, cpu)
+            for budget in args.epochs:
+                epochs = budget if budget == "auto" else int(budget)
+                for method in args.models:
+                    (name, predicted, model), wall, cpu = _timed(
+                        _fit, method, epochs, seed, images, args.self_label_epochs
+                    )
+                    record(name, draw, predicted, wall, cpu)
+                    if args.heads and isinstance(model, CDCClusterer):
+                        for choice, chosen in _head_choices(model, images, labels):
+                            record(choice, draw, chosen, wall, cpu)
 
     print(f"\nsummary over seeds {' '.join(map(str, args.seeds))}")
     print(
@@ -157,6 +181,40 @@ def main(argv=None):
         )
     for name, (acc, nmi) in RECORDED_PEERS.items():
         print(f"{name:<28} {acc:8.3f} {'':>9} {nmi:8.3f}")
+    _gaps(by_draw)
+
+
+def _gaps(by_draw):
+    """CDC's ACC minus that of CD heads + KMeans, draw by draw."""
+    gaps = []
+    for draw, scores in by_draw.items():
+        cdc = [acc for name, acc in scores.items() if name.startswith("CDC (")]
+        cd = [acc for name, acc in scores.items() if name.startswith("CD heads")]
+        if cdc and cd:
+            gaps.append((cdc[0] - cd[0], draw))
+    if gaps:
+        worst, draw = min(gaps)
+        mean = np.mean([gap for gap, _ in gaps])
+        print(
+            f"\nCDC - CD heads + KMeans, ACC per draw: mean {mean:+.3f}, worst "
+            f"{worst:+.3f} (draw {draw})"
+        )
+
+
+def _head_choices(cdc, images, labels):
+    """Labels of other choices among the cluster heads of a fitted CDC."""
+    from sklearn.metrics import adjusted_rand_score
+
+    k, heads = cdc.n_clusters, cdc.n_cluster_heads
+    projections = cdc._outputs(images, "all_projections")[0]
+    head_labels = [projections[:, h * k : (h + 1) * k].argmax(axis=1)
+                   for h in range(heads)]  # fmt: skip
+    agreement = np.array(
+        [[adjusted_rand_score(a, b) for b in head_labels] for a in head_labels]
+    )
+    yield "  head: medoid by ARI", head_labels[int(agreement.sum(axis=1).argmax())]
+    best = max(head_labels, key=lambda h: clustering_scores(labels, h)["acc"])
+    yield "  head: best (oracle)", best
 
 
 if __name__ == "__main__":

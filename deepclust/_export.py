@@ -30,6 +30,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from deepclust._files import atomic_path
 from deepclust._version import __version__
 from deepclust.models import CDCModel, CDModel
 
@@ -49,9 +50,6 @@ _TRANSFORM_OUTPUTS = {
     "instance": "instance",
 }
 INPUT_NAME = "input"
-# Batch of the example input: torch.export specialises dimensions of size 0 or 1,
-# so a dynamic batch needs at least 2 example rows.
-_EXAMPLE_BATCH = 2
 # The post-export check compares onnxruntime with torch on the example batch.
 _CHECK_RTOL = 1e-3
 _CHECK_ATOL = 1e-4
@@ -76,6 +74,9 @@ class ExportGraph(nn.Module):
         Output names, in the order the graph returns them.
     channels_last_input : bool
         Whether image input arrives as NHWC (permuted to NCHW in the graph).
+    encoder : FrozenEncoder or None, default=None
+        The frozen encoder whose embeddings ``model`` takes: raw images go
+        through it first, so one graph runs encoder and heads.
 
     Examples
     --------
@@ -88,15 +89,20 @@ class ExportGraph(nn.Module):
     [(2, 5), (2, 12)]
     """
 
-    def __init__(self, model: nn.Module, outputs, *, channels_last_input: bool) -> None:
+    def __init__(
+        self, model: nn.Module, outputs, *, channels_last_input: bool, encoder=None
+    ) -> None:
         super().__init__()
         self.model = model
         self.outputs = tuple(outputs)
         self.channels_last_input = channels_last_input
+        self.encoder = encoder
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.channels_last_input:
             x = x.permute(0, 3, 1, 2)
+        if self.encoder is not None:
+            x = self.encoder(x)
         # One call for every output: the backbone runs once in the graph.
         return self.model(self.model.scaler.to_unit(x), self.outputs)
 
@@ -124,14 +130,23 @@ def export_onnx(
     path = _check_path(path)
 
     example = _example_input(estimator, input_format, 2 if dynamic_batch else 1)
+    encoder = getattr(estimator, "encoder_", None)
+    modules = [model] if encoder is None else [model, encoder]
     # Per-module flags: a model may mix modes (e.g. a frozen backbone in eval).
-    training_flags = [(module, module.training) for module in model.modules()]
+    training_flags = [
+        (module, module.training) for part in modules for module in part.modules()
+    ]
     # Exporting a copy keeps the estimator's model where it is (e.g. on a GPU)
     # and lets the graph's weights be plain CPU tensors.
     on_cpu = _device_of(model).type == "cpu"
     export_model = model if on_cpu else copy.deepcopy(model).cpu()
+    if encoder is not None and _device_of(encoder).type != "cpu":
+        encoder = copy.deepcopy(encoder).cpu()
     graph = ExportGraph(
-        export_model, outputs, channels_last_input=input_format == "uint8_nhwc"
+        export_model,
+        outputs,
+        channels_last_input=input_format == "uint8_nhwc",
+        encoder=encoder,
     )
     try:
         graph.eval()
@@ -147,7 +162,10 @@ def export_onnx(
     _add_metadata(proto, estimator, model, outputs, input_format, opset, exporter)
     onnx.checker.check_model(proto, full_check=True)
     _check_against_torch(proto, example.numpy(), outputs, expected)
-    onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
+    # Through a temporary sibling: a full disk or a kill never truncates an
+    # existing export.
+    with atomic_path(path) as temporary:
+        onnx.save_model(proto, temporary, save_as_external_data=False)
     return path
 
 
@@ -270,10 +288,8 @@ def _example_input(estimator, input_format: str, batch: int) -> torch.Tensor:
         return torch.from_numpy(
             rng.integers(0, 256, (batch, height, width, channels), dtype=np.uint8)
         )
-    # Raw float images: values spread over the range the scaler maps to [0, 1].
-    scaler = estimator.net_.unwrapped_module().scaler
-    low = float(scaler.offset.min())
-    high = low + 1.0 / float(scaler.scale.max())
+    # Raw float images: values spread over the range mapped to [0, 1].
+    low, high = _raw_value_range(estimator)
     unit = rng.random((batch, channels, height, width), dtype=np.float32)
     return torch.from_numpy((low + unit * (high - low)).astype(np.float32))
 
@@ -394,6 +410,14 @@ def _add_metadata(
         "n_features": estimator.n_features_in_ if tabular else None,
         "n_channels": None if tabular else estimator.n_channels_,
         "image_size": None if tabular else list(estimator.image_size_),
+        # The raw values the model maps to [0, 1]: inputs far outside are on
+        # another scale (deepclust._inputs.check_value_range refuses them).
+        "value_range": None if tabular else list(_raw_value_range(estimator)),
+        "encoder": (
+            None
+            if getattr(estimator, "encoder_", None) is None
+            else estimator.encoder_.description
+        ),
         "normalization": normalization,
         "n_clusters": model.n_clusters if isinstance(model, CDCModel) else None,
         "outputs": list(outputs),
@@ -411,6 +435,14 @@ def _add_metadata(
         f"({metadata['input_dtype']} {metadata['input_layout']}), "
         f"outputs {list(outputs)}."
     )
+
+
+def _raw_value_range(estimator) -> tuple[float, float]:
+    """The raw image values the model (or its encoder) maps to [0, 1]."""
+    encoder = getattr(estimator, "encoder_", None)
+    if encoder is not None:
+        return encoder.unit_range()
+    return estimator.net_.unwrapped_module().scaler.unit_range()
 
 
 def _list_or_none(shape):

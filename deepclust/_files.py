@@ -70,6 +70,9 @@ def _temporary_sibling(path: Path) -> str:
 
 
 def _commit(temporary: str, path: Path) -> None:
+    # Writers that replace the file by name (safetensors does) drop the
+    # permissions set when it was created.
+    os.chmod(temporary, 0o666 & ~_UMASK)
     with open(temporary, "rb+") as written:
         os.fsync(written.fileno())
     os.replace(temporary, path)

@@ -1,4 +1,28 @@
-"""Validation and batched reading of the inputs accepted by deepclust estimators."""
+"""Validation and batched reading of the inputs accepted by deepclust estimators.
+
+:func:`read_input` validates any input and wraps it for batched reading;
+:func:`resolve_path` is the one place that decides what a path stands for.
+
+*Arrays.* bool and integer arrays other than uint8 are read as float32 values,
+as are float arrays (raw values, not rescaled); uint8 stays uint8. Object arrays
+holding numbers are converted, as scikit-learn does. Memory-mapped arrays are
+read lazily, batch by batch.
+
+*Channels and pixel depth.* PIL modes ``"1"``, ``"L"``, ``"LA"``, ``"I"``,
+``"F"`` and ``"I;16*"`` are grayscale, any other mode is converted to RGB, and a
+mix of grayscale and colour images gives 3 channels. Converting RGB to one
+channel uses PIL's ITU-R 601-2 luma weights, also for arrays; converting gray to
+three channels replicates it. Image files are turned upright as their EXIF
+orientation says. Deeper pixels become 8 bits: modes ``"I;16*"`` and ``"I"``
+are scaled from [0, 65535] (``"I"`` values outside it make the image
+unreadable), mode ``"F"`` is scaled from [0, 1] when every value is within it,
+kept when every value is within [0, 255], and unreadable otherwise.
+
+*Unreadable files* are corrupt or truncated files, paths that vanished or are
+broken links, link loops, folders in a list, FIFOs, devices and sockets (refused
+unopened, so that reading never blocks), files the OS refuses to open, and
+32-bit images whose values cannot be scaled to 8 bits.
+"""
 
 # Authors: The deepclust developers
 # SPDX-License-Identifier: BSD-3-Clause
@@ -12,6 +36,7 @@
 # images, which check_array does not.
 
 import os
+import stat
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -20,23 +45,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepclust._validation import check_image_size, check_positive_int, is_int
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CorruptImageError",
+    "DerivedRows",
     "ImageInput",
     "InputError",
+    "PathError",
     "SkippedInputsWarning",
     "TabularInput",
     "check_matches",
     "check_min_samples",
+    "check_value_range",
     "image_files_in",
     "iter_batches",
     "labels_from_proba",
     "read_input",
+    "resolve_path",
     "shard_input",
 ]
 
@@ -56,6 +85,17 @@ _LIST_KIND_LABELS = {
     "path": "paths",
     "array": "image arrays",
     "values": "numbers or sequences of numbers",
+}
+# Opening a FIFO for reading waits for a writer: image files are opened
+# without blocking and refused unless they are regular files.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_EXIF_ORIENTATION = 0x0112
+# How the unreadable files of an input are summed up: "decode" failures come
+# from the image decoder, "read" failures from the file system or the values.
+_FAILURE_PHRASES = {
+    frozenset({"decode"}): "cannot be decoded (corrupt or truncated)",
+    frozenset({"read"}): "cannot be read",
+    frozenset({"read", "decode"}): "cannot be read or decoded",
 }
 
 
@@ -87,6 +127,33 @@ class CorruptImageError(InputError):
     def __init__(self, message, paths):
         super().__init__(message)
         self.paths = list(paths)
+
+
+class PathError(InputError):
+    """Raised when a path argument stands for no input (see :func:`resolve_path`).
+
+    Parameters
+    ----------
+    message : str
+        Error message; it names the path and what is wrong with it.
+    path : str
+        The path.
+    problem : {"missing", "no_images", "bad_npy", "not_data"}
+        What is wrong: the path does not exist, is a folder without image
+        files, is a ``.npy`` file that cannot be loaded, or is another file.
+
+    Attributes
+    ----------
+    path : str
+        The path.
+    problem : str
+        What is wrong, as above.
+    """
+
+    def __init__(self, message, path, problem):
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
 
 
 class SkippedInputsWarning(UserWarning):
@@ -141,6 +208,12 @@ def collect_skipped_inputs():
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
+
+
+class _UnreadableFile(Exception):
+    # A file that exists but cannot give pixels for a reason of its own (not a
+    # regular file, values out of range); the message is the reason shown.
+    pass
 
 
 class _NonNumericInputError(InputError, TypeError):
@@ -340,14 +413,13 @@ class ImageInput:
     def _decode_files(self, paths):
         def decode(path):
             try:
-                with Image.open(path) as image:
-                    image.load()
+                with _open_image_file(path) as image:
                     return _pil_to_chw(image, self.channels, self.size)
             except Exception as exc:  # PIL raises many exception types
                 raise CorruptImageError(
                     f"Image file {path!r} could not be decoded "
-                    f"({type(exc).__name__}: {exc}); it was readable when the "
-                    "input was checked, so it may have been modified since.",
+                    f"({_failure(exc)[1]}); it was readable when the input was "
+                    "checked, so it may have been modified since.",
                     [path],
                 ) from exc
 
@@ -451,6 +523,47 @@ class TabularInput:
         return f"TabularInput(n_samples={self.n_samples}, n_features={self.n_features})"
 
 
+@dataclass(eq=False, repr=False)
+class DerivedRows(TabularInput):
+    """Feature rows computed from the readable inputs of another input.
+
+    The embeddings of images by a frozen encoder, for instance: one row per
+    readable image, while :meth:`to_input_rows` and the other row bookkeeping
+    are those of the images, so outputs keep one row per input.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_samples, n_features)
+        One row per readable input of ``origin``, in reading order.
+    origin : ImageInput or TabularInput
+        The input the rows were computed from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> images = read_input(np.zeros((3, 4, 4), dtype=np.uint8))
+    >>> rows = DerivedRows(np.ones((3, 2), dtype=np.float32), origin=images)
+    >>> rows.n_inputs, rows.to_input_rows(rows.data, np.nan).shape
+    (3, (3, 2))
+    """
+
+    origin: object = field(default=None, repr=False)
+
+    @property
+    def n_inputs(self):
+        """Number of inputs of the origin, readable or not."""
+        return self.origin.n_inputs
+
+    @property
+    def skipped(self):
+        """The origin's inputs left out as unreadable."""
+        return self.origin.skipped
+
+    def to_input_rows(self, values, fill):
+        """Results placed back at the positions of the origin's inputs."""
+        return self.origin.to_input_rows(values, fill)
+
+
 # ---------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------
@@ -471,9 +584,8 @@ def read_input(
 ):
     """Validate ``X`` and wrap it for batched reading.
 
-    Every problem is reported here, before any training starts: wrong
-    shapes or dtypes, non-finite values, missing paths and unreadable image
-    files (each file is fully decoded once, in a thread pool).
+    Every problem is reported here, before any training starts: wrong shapes
+    or dtypes, non-finite values, missing paths, unreadable image files.
 
     Parameters
     ----------
@@ -482,51 +594,44 @@ def read_input(
 
         - a numeric array (or nested lists): 2-D ``(n_samples, n_features)``
           is tabular, 3-D ``(N, H, W)`` is grayscale images, 4-D is images
-          laid out as set by ``data_format``.  bool and integer arrays other
-          than uint8 are read as float32 values, as are float arrays (raw
-          values, not rescaled); uint8 stays uint8.  Object arrays holding
-          numbers are converted, as scikit-learn does.  Memory-mapped arrays
-          are read lazily, batch by batch;
-        - a path to a directory (all image files below it, recursively, in
-          sorted order), to a ``.npy`` file (memory-mapped) or to one image;
+          laid out as set by ``data_format`` (see *Arrays* in the module
+          docstring for their dtypes);
+        - a path to a directory, a ``.npy`` file or one image (see
+          :func:`resolve_path`);
         - a list or tuple of PIL images, of paths to image files, or of
           arrays each holding one image, ``(H, W)`` or ``(H, W, C)``.
     image_size : int or tuple of (int, int), default=None
-        ``(height, width)`` every image is resized to (bilinear, with
-        antialiasing when reducing); an int gives a square.  None keeps the
-        size of the images, which must then all have the same size.
-        Resizing happens lazily in :meth:`ImageInput.read`.
+        ``(height, width)`` every image is resized to, lazily in
+        :meth:`ImageInput.read` (bilinear, with antialiasing when reducing);
+        an int gives a square.  None keeps the size of the images, which must
+        then all have the same size.
     channels : {1, 3}, default=None
-        Channels of the images returned.  None decides from the data: PIL
-        modes ``"1"``, ``"L"``, ``"LA"``, ``"I"``, ``"F"`` and ``"I;16*"``
-        are grayscale, any other mode is converted to RGB, and a mix of
-        grayscale and colour images gives 3 channels.  1 converts RGB to
-        grayscale (PIL's ITU-R 601-2 luma weights, also for arrays); 3
-        replicates a grayscale channel.
+        Channels of the images returned.  None decides from the data; 1
+        converts RGB to grayscale and 3 replicates a grayscale channel (see
+        *Channels and pixel depth* in the module docstring).
     data_format : {"auto", "channels_last", "channels_first"}, default="auto"
-        Layout of 4-D arrays (and of 3-D arrays in a list).  ``"auto"``
-        takes the axis (last or second) whose length is 1 or 3 as the
-        channel axis; when both are, uint8 arrays are read as channels-last
-        (the usual layout of decoded images) and any other dtype as
-        channels-first (the usual layout of tensors).
+        Layout of 4-D arrays (and of 3-D arrays in a list).  ``"auto"`` takes
+        the axis (last or second) whose length is 1 or 3 as the channel axis;
+        when both are, uint8 arrays are channels-last (as decoded images) and
+        any other dtype channels-first (as tensors).
     on_error : {"raise", "skip"}, default="raise"
-        What to do with image files that cannot be decoded: raise a
-        :class:`CorruptImageError`, or leave them out with a
-        :class:`SkippedInputsWarning` (``ImageInput.kept_indices`` and
-        ``ImageInput.skipped`` tell which inputs were kept and which were
-        not; :meth:`ImageInput.to_input_rows` puts results back in input
-        order).
+        What to do with unreadable image files (*Unreadable files* in the
+        module docstring): raise (an :class:`InputError` for paths that do
+        not exist or are folders, a :class:`CorruptImageError` for the
+        others), or leave them out with a :class:`SkippedInputsWarning` that
+        gives each one's reason (``ImageInput.kept_indices`` and
+        ``ImageInput.skipped`` tell which were kept and which were not;
+        :meth:`ImageInput.to_input_rows` puts results back in input order).
     allow_tabular : bool, default=True
         Whether 2-D tabular input is accepted.
     name : str, default="X"
         Name of the input in error messages.
     cache_bytes : int, default=2 GiB
-        When the decoded (and resized) files take at most this many bytes,
-        they are kept in memory so that reading them again does not decode
-        them again.  The cache is built in one pass, which can briefly use
-        twice this memory.  0 disables the cache.
+        Decoded (and resized) files that take at most this many bytes are kept
+        in memory, not decoded again (built in one pass, which can briefly use
+        twice this memory).  0 disables the cache.
     max_workers : int, default=None
-        Threads that decode image files; None uses
+        Threads that decode image files (each fully, once); None uses
         :class:`concurrent.futures.ThreadPoolExecutor`'s default.
     min_readable : {0, 1}, default=1
         With ``on_error="skip"``, whether at least one file must be readable
@@ -564,21 +669,34 @@ def read_input(
     _check_params(channels, data_format, on_error, cache_bytes)
 
     if isinstance(X, (str, os.PathLike)):
-        X = _resolve_path(X, name)
+        X = resolve_path(X, name)
     if isinstance(X, (list, tuple)):
-        if len(X) == 0:
-            raise InputError(f"{name} is empty; expected at least one sample.")
-        kind = _list_kind(X, name)
-        if kind == "path":
-            return _read_files(
-                [os.fspath(p) for p in X], size, channels, on_error, name,
-                cache_bytes, max_workers, min_readable,
-            )  # fmt: skip
-        if kind == "pil":
-            return _read_pil_list(list(X), size, channels, name)
-        if kind == "array":
-            return _read_array_list(list(X), size, channels, data_format, name)
+        files = {
+            "on_error": on_error,
+            "cache_bytes": cache_bytes,
+            "max_workers": max_workers,
+            "min_readable": min_readable,
+        }
+        return _read_list(X, size, channels, data_format, allow_tabular, name, files)
     return _read_array(X, size, channels, data_format, allow_tabular, name)
+
+
+def _read_list(items, size, channels, data_format, allow_tabular, name, files):
+    """A list or tuple of inputs, read by the reader of its kind of items.
+
+    ``files`` holds the options of :func:`_read_files` for lists of paths.
+    """
+    if len(items) == 0:
+        raise InputError(f"{name} is empty; expected at least one sample.")
+    kind = _list_kind(items, name)
+    if kind == "path":
+        paths = [os.fspath(p) for p in items]
+        return _read_files(paths, size, channels, name=name, **files)
+    if kind == "pil":
+        return _read_pil_list(list(items), size, channels, name)
+    if kind == "array":
+        return _read_array_list(list(items), size, channels, data_format, name)
+    return _read_array(items, size, channels, data_format, allow_tabular, name)
 
 
 # ---------------------------------------------------------------------------
@@ -717,6 +835,141 @@ def check_matches(
         )
 
 
+def check_value_range(batch, *, fitted_dtype, value_range, name="X"):
+    """Raise if raw images cannot be on the scale a model was fitted on.
+
+    A model maps raw pixel values to [0, 1] with the range it saw in ``fit``:
+    [0, 255] for uint8 images, [min(0, lowest), max(1, highest)] of the
+    training images for float images. Images on another scale (floats in [0,
+    1] for a model fitted on uint8 images, or uint8 images for a model fitted
+    on floats in [0, 1]) would give wrong predictions without any error; this
+    check turns them into an error. It costs one min and one max per batch:
+    call it on each batch of a streaming inference.
+
+    Parameters
+    ----------
+    batch : ndarray of shape (n_samples, channels, height, width)
+        Raw images, as :meth:`ImageInput.read` returns them (uint8 or float).
+    fitted_dtype : {"uint8", "float32"}
+        The dtype of the images the model was fitted on (the estimators'
+        ``input_dtype_``).
+    value_range : tuple of (float, float) or None
+        ``(low, high)``: the raw values the model maps to [0, 1]; ``(0,
+        255)`` for models fitted on uint8 images, which are always checked
+        against [0, 255]. ``low`` and ``high`` may be per-channel sequences:
+        the widest range is used. None when unknown: models fitted on uint8
+        images are then checked against [0, 255], models fitted on floats are
+        not checked.
+    name : str, default="X"
+        Name of the input in the message.
+
+    Raises
+    ------
+    InputError
+        For a model fitted on uint8 images: if ``batch`` holds floats whose
+        maximum is in (0, 1] (images scaled to [0, 1]) or floats outside [0,
+        255]. For a model fitted on floats: if ``batch`` holds values beyond
+        ``value_range`` by more than half its width on either side. A batch
+        of zeros (blank images) always passes.
+    ValueError
+        If ``fitted_dtype`` or ``value_range`` is invalid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepclust._inputs import check_value_range
+    >>> uint8_images = np.full((2, 3, 4, 4), 200, dtype=np.uint8)
+    >>> check_value_range(uint8_images, fitted_dtype="uint8", value_range=(0, 255))
+    >>> check_value_range(
+    ...     uint8_images / 255.0, fitted_dtype="uint8", value_range=(0, 255)
+    ... )
+    Traceback (most recent call last):
+    ...
+    deepclust._inputs.InputError: X holds float images with values in [0.784,
+    0.784], which look like images scaled to [0, 1], but the model expects values
+    in [0, 255] as it was fitted on uint8 images; pass (X * 255).astype(np.uint8).
+    >>> check_value_range(uint8_images, fitted_dtype="float32", value_range=(0, 1))
+    Traceback (most recent call last):
+    ...
+    deepclust._inputs.InputError: X holds values in [200, 200], but the model was
+    fitted on images with values in [0, 1]: values that far beyond that range are
+    on another scale; pass X.astype(np.float32) / 255.
+    >>> check_value_range(uint8_images, fitted_dtype="float32", value_range=None)
+    """
+    fitted = _fitted_range(fitted_dtype, value_range)
+    batch = np.asarray(batch)
+    if batch.size == 0:
+        return
+    found = float(batch.min()), float(batch.max())
+    if found[0] == found[1] == 0:
+        return  # blank images are on every scale
+    if fitted_dtype == "uint8":
+        _check_uint8_scale(batch.dtype, found, name)
+    elif fitted is not None:
+        _check_float_scale(found, fitted, name)
+
+
+def _fitted_range(fitted_dtype, value_range):
+    """``(low, high)`` of check_value_range's arguments, or None; checks them."""
+    if fitted_dtype not in ("uint8", "float32"):
+        raise ValueError(
+            f"fitted_dtype must be 'uint8' or 'float32'; got {fitted_dtype!r}."
+        )
+    if value_range is None:
+        return None
+    try:
+        valid = len(value_range) == 2
+        low, high = float(np.min(value_range[0])), float(np.max(value_range[1]))
+        valid = valid and np.isfinite([low, high]).all() and high > low
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            "value_range must be None or (low, high) with high > low; got "
+            f"{value_range!r}."
+        )
+    return low, high
+
+
+def _check_uint8_scale(dtype, found, name):
+    """Raise if values ``found`` (min, max) are not on a uint8 model's [0, 255]."""
+    found_low, found_high = found
+    shown = f"[{found_low:.3g}, {found_high:.3g}]"
+    # Such a model always maps [0, 255] to [0, 1], whatever value_range says.
+    if dtype.kind == "f" and found_low >= 0 and found_high <= 1:
+        raise InputError(
+            f"{name} holds float images with values in {shown}, which look like "
+            "images scaled to [0, 1], but the model expects values in [0, 255] "
+            f"as it was fitted on uint8 images; pass ({name} * 255)"
+            ".astype(np.uint8)."
+        )
+    if found_low < 0 or found_high > 255:
+        raise InputError(
+            f"{name} holds values in {shown}, outside [0, 255], but the model "
+            "was fitted on uint8 images (values 0 to 255); pass uint8 images "
+            f"or rescale {name} to [0, 255]."
+        )
+
+
+def _check_float_scale(found, fitted, name):
+    """Raise if values ``found`` are far beyond a float model's ``fitted`` range."""
+    (found_low, found_high), (low, high) = found, fitted
+    margin = (high - low) / 2
+    if found_low >= low - margin and found_high <= high + margin:
+        return
+    if found_low >= 0 and found_high <= 255 and high <= 1.5:
+        hint = f"pass {name}.astype(np.float32) / 255"
+    elif found_low >= 0 and found_high <= 1 and high > 1.5:
+        hint = f"pass {name} * 255"
+    else:
+        hint = f"rescale {name} to [{low:.3g}, {high:.3g}]"
+    raise InputError(
+        f"{name} holds values in [{found_low:.3g}, {found_high:.3g}], but the model "
+        f"was fitted on images with values in [{low:.3g}, {high:.3g}]: values that "
+        f"far beyond that range are on another scale; {hint}."
+    )
+
+
 def iter_batches(inp, batch_size):
     """Yield consecutive batches of an input, for streaming inference.
 
@@ -783,7 +1036,7 @@ def shard_input(X, rank, world_size, *, name="X"):
     ([[2, 3], [6, 7]], [1, 3], 5)
     """
     if isinstance(X, (str, os.PathLike)):
-        X = _resolve_path(X, name)
+        X = resolve_path(X, name)
     if isinstance(X, (list, tuple)):
         positions = np.arange(rank, len(X), world_size)
         paths = None
@@ -845,7 +1098,16 @@ def image_files_in(directory):
     Returns
     -------
     paths : list of str
-        Files whose extension (any case) is one of :data:`IMAGE_EXTENSIONS`.
+        Every entry whose extension (any case) is one of
+        :data:`IMAGE_EXTENSIONS` and that is not a folder: files, and also
+        broken or looping symbolic links, FIFOs and the like, so that reading
+        them reports them as unreadable instead of leaving them out unseen.
+
+    Notes
+    -----
+    Symbolic links to folders are neither followed nor listed, so a link loop
+    cannot make the listing endless. Subfolders that cannot be listed (no
+    permission) are passed over.
 
     Examples
     --------
@@ -859,11 +1121,33 @@ def image_files_in(directory):
     ...     [str(Path(p).relative_to(tmp)) for p in image_files_in(tmp)]
     ['a.jpg', 'b.PNG', 'sub/c.png']
     """
-    return sorted(
-        str(path)
-        for path in Path(directory).rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    )
+    found = []
+    pending = [Path(directory)]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(folder / entry.name)
+                    elif _is_listed_image(entry):
+                        found.append(str(folder / entry.name))
+        except OSError:
+            # As pathlib's rglob did: a folder that cannot be listed (or that
+            # vanished meanwhile) gives no entries.
+            continue
+    return sorted(found)
+
+
+def _is_listed_image(entry):
+    """Whether a folder entry (os.DirEntry) is listed as an image file."""
+    if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+        return False
+    try:
+        # is_dir follows links: a link to a folder is not an image file.
+        return not entry.is_dir()
+    except OSError:
+        return True  # a symbolic link loop: listed, then reported unreadable
 
 
 # ---------------------------------------------------------------------------
@@ -1180,11 +1464,52 @@ def _pil_channels(mode):
     return 1 if mode in _GRAY_MODES or mode.startswith("I;16") else 3
 
 
+def _to_8_bit(image):
+    """A mode "L" image of a 16-bit, 32-bit integer or float image, scaled.
+
+    PIL's ``convert("L")`` clips such values at 0 and 255 instead of scaling
+    them. The policy: "I;16*" and "I" (32-bit integers, in practice 16-bit
+    data) are scaled from [0, 65535]; "F" (32-bit floats) is scaled from
+    [0, 1] when every value is within it and kept as it is when every value
+    is within [0, 255]. Anything else cannot be mapped to 8 bits without
+    guessing, so the image is unreadable (_UnreadableFile, with the range).
+    Other modes are returned unchanged.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        wide = np.asarray(image)
+        if mode == "I" and wide.size:
+            low, high = int(wide.min()), int(wide.max())
+            if low < 0 or high > 65535:
+                raise _UnreadableFile(
+                    f"32-bit integer pixels (PIL mode 'I') with values in [{low}, "
+                    f"{high}]: only values in [0, 65535] (16-bit data) can be "
+                    "scaled to 8 bits; rescale the image to [0, 65535] or 8 bits"
+                )
+        wide = wide.astype(np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise _UnreadableFile(
+                "32-bit float pixels (PIL mode 'F') with NaN or infinite values"
+            )
+        low = float(values.min()) if values.size else 0.0
+        high = float(values.max()) if values.size else 0.0
+        if low < 0 or high > 255:
+            raise _UnreadableFile(
+                f"32-bit float pixels (PIL mode 'F') with values in [{low:.6g}, "
+                f"{high:.6g}]: only values in [0, 1] (scaled to 0-255) or in "
+                "[0, 255] can be read; rescale the image to one of these ranges"
+            )
+        if high <= 1:
+            values = values * 255
+        return Image.fromarray(np.rint(values).astype(np.uint8))
+    return image
+
+
 def _pil_to_chw(image, channels, size):
-    if image.mode.startswith("I;16"):
-        # PIL's convert("L") clips 16-bit values at 255; rescale to 8 bits.
-        wide = np.asarray(image).astype(np.uint32)
-        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    image = _to_8_bit(image)
     target_mode = "L" if channels == 1 else "RGB"
     if image.mode != target_mode:
         image = image.convert(target_mode)
@@ -1241,6 +1566,12 @@ def _read_pil_list(images, size, channels, name):
             + _listing(bad, _MAX_LISTED_FILES),
             bad,
         )
+    for i, image in enumerate(images):
+        if image.mode in ("I", "F"):
+            try:
+                _to_8_bit(image)
+            except _UnreadableFile as exc:
+                raise InputError(f"{name}[{i}] is a PIL image of {exc}.") from None
     sizes = [(image.height, image.width) for image in images]
     _check_same_size(sizes, size, name)
     natural = {_pil_channels(image.mode) for image in images}
@@ -1255,33 +1586,80 @@ def _read_pil_list(images, size, channels, name):
     )
 
 
-def _resolve_path(X, name):
-    """The image files a path stands for, or the memory-mapped array of a .npy."""
+def resolve_path(X, name="X"):
+    """What a path argument stands for: the one place that decides it.
+
+    A folder stands for the image files below it (:func:`image_files_in`), a
+    ``.npy`` file for its memory-mapped array, and an image file for itself.
+    :func:`read_input`, the command line's DATA argument and the plots all
+    resolve paths here.
+
+    Parameters
+    ----------
+    X : str or os.PathLike
+        The path.
+    name : str, default="X"
+        Name of the input in error messages.
+
+    Returns
+    -------
+    X_resolved : list of str or numpy.memmap
+        The image files (one for an image file), or the array of a ``.npy``
+        file, opened read-only without loading it.
+
+    Raises
+    ------
+    PathError
+        If the path does not exist, is a folder without image files, is a
+        ``.npy`` file that cannot be loaded, or is any other file; its
+        ``problem`` says which.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from deepclust._inputs import resolve_path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     (Path(tmp) / "a.png").touch()
+    ...     [Path(p).name for p in resolve_path(tmp)]
+    ['a.png']
+    >>> try:
+    ...     resolve_path("no/such/folder", name="DATA")
+    ... except PathError as exc:
+    ...     print(exc.problem, "|", exc)
+    missing | DATA: path 'no/such/folder' does not exist.
+    """
     path = os.fspath(X)
     if os.path.isdir(path):
         files = image_files_in(path)
         if not files:
-            raise InputError(
+            raise PathError(
                 f"{name}: directory {path!r} contains no image files (searched "
-                f"recursively for {', '.join(IMAGE_EXTENSIONS)}, any case)."
+                f"recursively for {', '.join(IMAGE_EXTENSIONS)}, any case).",
+                path,
+                "no_images",
             )
         return files
     if not os.path.exists(path):
-        raise InputError(f"{name}: path {path!r} does not exist.")
+        raise PathError(f"{name}: path {path!r} does not exist.", path, "missing")
     suffix = Path(path).suffix.lower()
     if suffix == ".npy":
         try:
             return np.load(path, mmap_mode="r")
         except Exception as exc:  # np.load raises several types on bad files
-            raise InputError(
+            raise PathError(
                 f"{name}: {path!r} could not be loaded as a .npy array "
-                f"({type(exc).__name__}: {exc})."
+                f"({type(exc).__name__}: {exc}).",
+                path,
+                "bad_npy",
             ) from exc
     if suffix in IMAGE_EXTENSIONS:
         return [path]
-    raise InputError(
+    raise PathError(
         f"{name}: file {path!r} is neither a .npy array nor an image file "
-        f"(supported extensions: {', '.join(IMAGE_EXTENSIONS)})."
+        f"(supported extensions: {', '.join(IMAGE_EXTENSIONS)}).",
+        path,
+        "not_data",
     )
 
 
@@ -1291,89 +1669,113 @@ class _Probe:
     size: tuple | None = None
     array: np.ndarray | None = None
     error: str | None = None
+    failure: str | None = None  # "read" or "decode" when error is set
+
+
+def _os_reason(exc):
+    # The path is shown next to the reason: keep the OS message only.
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def _path_problem(path):
+    """``(kind, reason)`` when ``path`` cannot be opened as an image file, else None.
+
+    kind is "missing" (no such file, or a broken symbolic link), "directory" or
+    "read" (a symbolic link loop, no permission on a folder of the path, a
+    FIFO, a device or a socket). One ``stat`` per path.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            try:
+                target = f" to {os.readlink(path)!r}"
+            except OSError:
+                target = ""
+            return "missing", f"FileNotFoundError: broken symbolic link{target}"
+        return "missing", (
+            "FileNotFoundError: no such file (it may have been removed after it "
+            "was listed)"
+        )
+    except OSError as exc:  # ELOOP, EACCES on a folder of the path, ...
+        return "read", _os_reason(exc)
+    if stat.S_ISDIR(status.st_mode):
+        return "directory", "IsADirectoryError: a directory, not an image file"
+    if not stat.S_ISREG(status.st_mode):
+        return "read", "not a regular file: a FIFO, device or socket"
+    return None
+
+
+def _failure(exc):
+    """``(kind, reason)`` of an exception raised while reading an image file."""
+    if isinstance(exc, _UnreadableFile):
+        return "read", str(exc)
+    return "decode", f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def _open_image_file(path):
+    """The decoded image of a file, upright (its EXIF orientation applied).
+
+    The file is opened without blocking and must be a regular file, so that a
+    FIFO or a device named like an image cannot hang or flood the reader.
+    Failures to open it raise _UnreadableFile; decoding errors are PIL's.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | _O_NONBLOCK)
+    except OSError as exc:
+        raise _UnreadableFile(_os_reason(exc)) from exc
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _UnreadableFile("not a regular file: a FIFO, device or socket")
+        try:
+            image = Image.open(file)
+        except UnidentifiedImageError as exc:
+            # PIL names the file object; name the path, as Image.open(path) does.
+            raise UnidentifiedImageError(
+                f"cannot identify image file {path!r}"
+            ) from exc
+        with image:
+            image.load()
+            yield _upright(image)
+
+
+def _upright(image):
+    """``image`` turned as its EXIF orientation says it is displayed."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block leaves the pixels readable
+        return image
+    if orientation in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def _read_files(
     paths, size, channels, on_error, name, cache_bytes, max_workers, min_readable
 ):
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise InputError(
-            f"{name} has {len(missing)} path(s) that do not exist: "
-            + _listing([repr(p) for p in missing], _MAX_LISTED)
-        )
-    directories = [p for p in paths if os.path.isdir(p)]
-    if directories:
-        raise InputError(
-            f"{name} has {len(directories)} path(s) that are directories, not "
-            "image files: "
-            + _listing([repr(p) for p in directories], _MAX_LISTED)
-            + "; pass a directory on its own to read all the images inside."
-        )
-
+    """An ImageInput of image files: every file checked and fully decoded once."""
+    problems = {}
+    for i, path in enumerate(paths):
+        problem = _path_problem(path)
+        if problem is not None:
+            problems[i] = problem
+    if on_error == "raise":
+        _raise_missing_or_folders(paths, problems, name)
     budget = _CacheBudget(cache_bytes)
-
-    def probe(path):
-        try:
-            with Image.open(path) as image:
-                # A full decode: Image.open only reads the header, and a
-                # truncated file only fails when its pixels are decoded.
-                image.load()
-                natural = _pil_channels(image.mode)
-                source_size = (image.height, image.width)
-                target_size = size or source_size
-                n_bytes = (channels or natural) * target_size[0] * target_size[1]
-                array = None
-                if budget.reserve(n_bytes):
-                    array = _pil_to_chw(image, channels or natural, target_size)
-                return _Probe(natural, source_size, array)
-        except Exception as exc:  # PIL raises many exception types
-            return _Probe(error=f"{type(exc).__name__}: {exc}")
-
-    with ThreadPoolExecutor(max_workers=max_workers) as executor:
-        probes = list(executor.map(probe, paths))
-
-    bad = {
-        i: (p, r.error)
-        for i, (p, r) in enumerate(zip(paths, probes, strict=True))
-        if r.error
-    }
+    probes = _probe_files(paths, problems, size, channels, budget, max_workers)
+    bad = {i: (paths[i], probes[i].error) for i in sorted(probes) if probes[i].error}
     if bad:
-        listed = [f"{p!r} ({error})" for p, error in bad.values()]
         # Prediction can mark every row; training needs something to learn from,
         # and the image size must be known to read the rest.
         nothing_left = len(bad) == len(paths) and (
             min_readable > 0 or size is None or channels is None
         )
-        if on_error == "raise" or nothing_left:
-            also = (
-                "; no readable image is left" if on_error == "skip" else
-                "; pass on_error='skip' to leave them out"
-            )  # fmt: skip
-            raise CorruptImageError(
-                f"{name} has {len(bad)} image file(s) that cannot be decoded "
-                "(corrupt or truncated): "
-                + _listing(listed, _MAX_LISTED_FILES)
-                + also
-                + ".",
-                [p for p, _ in bad.values()],
-            )
-        warnings.warn(
-            SkippedInputsWarning(
-                f"Skipped {len(bad)} image file(s) of {name} that cannot be decoded "
-                "(corrupt or truncated); their rows get label -1 and NaN values: "
-                + _listing(listed, _MAX_LISTED_FILES)
-                + ".",
-                bad,
-            ),
-            stacklevel=3,
-        )
+        _unreadable_files(bad, probes, on_error, nothing_left, name)
     kept_indices = np.array(
         [i for i in range(len(paths)) if i not in bad], dtype=np.intp
     )
-    kept_paths = [paths[i] for i in kept_indices]
     kept = [probes[i] for i in kept_indices]
-
     _check_same_size([r.size for r in kept], size, name)
     n_channels = channels or max(r.channels for r in kept)
     out_size = size or kept[0].size
@@ -1383,7 +1785,7 @@ def _read_files(
         size=out_size,
         dtype=np.dtype(np.uint8),
         source_kind="files",
-        paths=kept_paths,
+        paths=[paths[i] for i in kept_indices],
         kept_indices=kept_indices,
         n_inputs=len(paths),
         skipped=bad,
@@ -1397,6 +1799,93 @@ def _read_files(
             r.array = None
         inp._cache = cache
     return inp
+
+
+def _raise_missing_or_folders(paths, problems, name):
+    """With on_error="raise": raise for paths that do not exist or are folders."""
+    missing = [
+        repr(paths[i]) + (" (broken symbolic link)" if "symbolic" in why else "")
+        for i, (kind, why) in problems.items()
+        if kind == "missing"
+    ]
+    if missing:
+        raise InputError(
+            f"{name} has {len(missing)} path(s) that do not exist: "
+            + _listing(missing, _MAX_LISTED)
+        )
+    directories = [paths[i] for i, (kind, _) in problems.items() if kind == "directory"]
+    if directories:
+        raise InputError(
+            f"{name} has {len(directories)} path(s) that are directories, not "
+            "image files: "
+            + _listing([repr(p) for p in directories], _MAX_LISTED)
+            + "; pass a directory on its own to read all the images inside."
+        )
+
+
+def _probe_files(paths, problems, size, channels, budget, max_workers):
+    """``{position: _Probe}`` of every file, decoded in a thread pool.
+
+    Files with a known ``problem`` are not opened. Decoded pixels are kept
+    while ``budget`` allows.
+    """
+
+    def probe(path):
+        try:
+            # A full decode: Image.open only reads the header, and a truncated
+            # file only fails when its pixels are decoded.
+            with _open_image_file(path) as image:
+                natural = _pil_channels(image.mode)
+                source_size = (image.height, image.width)
+                target_size = size or source_size
+                n_bytes = (channels or natural) * target_size[0] * target_size[1]
+                array = None
+                if budget.reserve(n_bytes):
+                    array = _pil_to_chw(image, channels or natural, target_size)
+                elif image.mode in ("I", "F"):
+                    _to_8_bit(image)  # values that cannot be read fail here
+                return _Probe(natural, source_size, array)
+        except Exception as exc:  # PIL raises many exception types
+            failure, reason = _failure(exc)
+            return _Probe(error=reason, failure=failure)
+
+    to_probe = [i for i in range(len(paths)) if i not in problems]
+    with ThreadPoolExecutor(max_workers=max_workers) as executor:
+        probed = executor.map(probe, [paths[i] for i in to_probe])
+        probes = dict(zip(to_probe, probed, strict=True))
+    for i, (_, reason) in problems.items():
+        probes[i] = _Probe(error=reason, failure="read")
+    return probes
+
+
+def _unreadable_files(bad, probes, on_error, nothing_left, name):
+    """Raise for the unreadable files ``bad``, or warn that they are skipped."""
+    listed = [f"{p!r} ({error})" for p, error in bad.values()]
+    phrase = _FAILURE_PHRASES[frozenset(probes[i].failure for i in bad)]
+    if on_error == "raise" or nothing_left:
+        also = (
+            "; no readable image is left" if on_error == "skip" else
+            "; pass on_error='skip' to leave them out"
+        )  # fmt: skip
+        raise CorruptImageError(
+            f"{name} has {len(bad)} image file(s) that {phrase}: "
+            + _listing(listed, _MAX_LISTED_FILES)
+            + also
+            + ".",
+            [p for p, _ in bad.values()],
+        )
+    warnings.warn(
+        SkippedInputsWarning(
+            f"Skipped {len(bad)} image file(s) of {name} that {phrase}; their "
+            "rows get label -1 and NaN values: "
+            + _listing(listed, _MAX_LISTED_FILES)
+            + ".",
+            bad,
+        ),
+        # The caller of read_input: read_input -> _read_list -> _read_files ->
+        # here.
+        stacklevel=5,
+    )
 
 
 class _CacheBudget:

@@ -46,6 +46,7 @@ __all__ = [
     "encode_tree",
     "read_document",
     "read_json",
+    "read_json_bytes",
     "read_tensors",
     "sha256_file",
     "remove_unnamed_files",
@@ -176,16 +177,17 @@ def parse_json(data: bytes, path, what: str):
         ) from None
 
 
-def read_json(path, what: str, *, max_bytes: int = JSON_MAX_BYTES):
+def read_json_bytes(path, what: str) -> bytes:
+    """The bytes of a JSON file named by a document (regular file, capped)."""
+    return read_regular_file(path, max_bytes=JSON_MAX_BYTES, what=what)
+
+
+def read_json(path, what: str):
     """Parse a JSON file, with a clear error for missing, damaged or odd files."""
-    return parse_json(
-        read_regular_file(path, max_bytes=max_bytes, what=what), path, what
-    )
+    return parse_json(read_json_bytes(path, what), path, what)
 
 
-def read_tensors(
-    path, expected_sha256: str, what: str, *, max_bytes: int = TENSORS_MAX_BYTES
-) -> dict[str, torch.Tensor]:
+def read_tensors(path, expected_sha256: str, what: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file on the CPU after checking its SHA-256.
 
     The bytes that are hashed are the bytes that are parsed, so the file cannot
@@ -193,7 +195,7 @@ def read_tensors(
     """
     if not Path(path).exists():
         raise ValueError(f"{what}: weights file {str(path)!r} does not exist.")
-    data = read_regular_file(path, max_bytes=max_bytes, what=what)
+    data = read_regular_file(path, max_bytes=TENSORS_MAX_BYTES, what=what)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise ValueError(

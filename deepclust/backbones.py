@@ -330,13 +330,8 @@ def make_backbone(
         keeps stride 1; ``"auto"`` picks stride 2 above 16 pixels (see
         :func:`resolve_stem`).
     weights : str or path-like, default=None
-        Path to a local file written by :func:`torch.save` holding a state
-        dict, either directly or under a ``"state_dict"`` or ``"model"`` key.
-        The file is read with ``torch.load(..., weights_only=True)``, which
-        refuses arbitrary pickled objects. Leading ``"module."`` and
-        ``"backbone."`` prefixes are stripped from the keys, keys of a ResNet
-        ``fc`` layer and keys unknown to the backbone are ignored. Missing
-        keys raise a :class:`UserWarning`.
+        A local state-dict file, read by :func:`load_weights` (which documents
+        the accepted layouts and never unpickles objects).
     freeze : bool, default=False
         If True, wrap the backbone in :class:`FrozenBackbone`: its parameters
         are not trained and its BatchNorm statistics are not updated.
@@ -394,17 +389,34 @@ def make_backbone(
         check_positive_int(n_features, "n_features")
     image_size = check_image_size(image_size)
 
+    module, out_dim = _build(spec, in_channels, image_size, n_features, stem, widths)
+    if weights is not None:
+        # Weights are loaded before any wrapping so that their keys match the
+        # module the user built or saved.
+        load_weights(module, weights)
+
+    if callable(spec):
+        module, out_dim = _infer_out_dim(module, in_channels, image_size, n_features)
+
+    if freeze:
+        module = FrozenBackbone(module)
+    return module, out_dim
+
+
+def _build(spec, in_channels, image_size, n_features, stem, widths):
+    """The untrained network of a specification and its output width (None for
+    callables, whose width a forward pass finds)."""
     if isinstance(spec, str) and spec in _RESNETS:
-        module, out_dim = _make_resnet(spec, in_channels, image_size, stem)
-    elif isinstance(spec, str) and spec == "small_cnn":
+        return _make_resnet(spec, in_channels, image_size, stem)
+    if isinstance(spec, str) and spec == "small_cnn":
         stem = resolve_stem(spec, image_size, stem)
         module = SmallCNN(
             in_channels,
             **({} if widths is None else {"widths": widths}),
             stem_stride=2 if stem == "imagenet" else 1,
         )
-        out_dim = module.out_dim
-    elif isinstance(spec, str) and spec == "mlp":
+        return module, module.out_dim
+    if isinstance(spec, str) and spec == "mlp":
         if n_features is None and image_size is not None:
             # Tiny images: an MLP over the flattened pixels.
             n_features = in_channels * image_size[0] * image_size[1]
@@ -414,33 +426,20 @@ def make_backbone(
                 "'mlp'; got None."
             )
         module = MLP(n_features)
-        out_dim = module.out_dim
-    elif isinstance(spec, nn.Module):
+        return module, module.out_dim
+    if isinstance(spec, nn.Module):
         raise ValueError(
             "backbone must be a name or a callable that builds a torch.nn.Module, "
             f"not a module instance ({type(spec).__name__}); pass its class or a "
             "function returning it, so that every fit starts from fresh weights."
         )
-    elif callable(spec):
-        module = _call_factory(spec)
-    else:
-        raise ValueError(
-            f"Unknown backbone {spec!r}; expected one of "
-            f"{', '.join(repr(name) for name in _NAMED_SPECS)} or a callable "
-            "returning a torch.nn.Module."
-        )
-
-    if weights is not None:
-        # Weights are loaded before any wrapping so that their keys match the
-        # module the user built or saved.
-        _load_weights(module, weights)
-
     if callable(spec):
-        module, out_dim = _infer_out_dim(module, in_channels, image_size, n_features)
-
-    if freeze:
-        module = FrozenBackbone(module)
-    return module, out_dim
+        return _call_factory(spec), None
+    raise ValueError(
+        f"Unknown backbone {spec!r}; expected one of "
+        f"{', '.join(repr(name) for name in _NAMED_SPECS)} or a callable "
+        "returning a torch.nn.Module."
+    )
 
 
 def _make_resnet(
@@ -540,7 +539,17 @@ def _strip_key(key: str, expected: Mapping[str, torch.Tensor]) -> str:
     return key
 
 
-def _load_weights(module: nn.Module, weights: str | os.PathLike) -> None:
+def load_weights(module: nn.Module, weights: str | os.PathLike) -> None:
+    """Load a local state-dict file into ``module``.
+
+    The file is written by :func:`torch.save` and holds a state dict, directly
+    or under a ``"state_dict"`` or ``"model"`` key. It is read with
+    ``torch.load(..., weights_only=True)``, which refuses arbitrary pickled
+    objects. Leading ``"module."`` and ``"backbone."`` prefixes are stripped from
+    the keys; keys of a ResNet ``fc`` layer and keys unknown to the module are
+    ignored; missing keys give a :class:`UserWarning`; shapes that do not fit
+    give a ValueError.
+    """
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist.")

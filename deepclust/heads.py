@@ -150,6 +150,44 @@ class CDCProjectionHead(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, n_heads * n_clusters + instance_dim),
         )
+        self.n_clusters = n_clusters
+        self.n_heads = n_heads
+        self.instance_dim = instance_dim
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last layer, whose rows are the heads' and the instance part's."""
+        return self[-1]
+
+    def first_head(self, projections: torch.Tensor) -> torch.Tensor:
+        """The projection of head 0 with the shared instance part: (B, K + C).
+
+        Examples
+        --------
+        >>> import torch
+        >>> head = CDCProjectionHead(4, n_clusters=2, instance_dim=3, n_heads=2)
+        >>> head.first_head(torch.arange(7.0)[None]).tolist()
+        [[0.0, 1.0, 4.0, 5.0, 6.0]]
+        """
+        k = self.n_clusters
+        return torch.cat([projections[:, :k], projections[:, self.n_heads * k :]], 1)
+
+    @torch.no_grad()
+    def swap_heads(self, index: int) -> None:
+        """Make head ``index`` head 0 by swapping their rows of the last layer.
+
+        The layer keeps its shape, so saved weights keep their names.
+        """
+        if not 0 <= index < self.n_heads:
+            raise ValueError(f"index must be in [0, {self.n_heads}); got {index!r}.")
+        k, layer = self.n_clusters, self.output_layer
+        order = torch.arange(layer.out_features, device=layer.weight.device)
+        order[:k], order[index * k : (index + 1) * k] = (
+            order[index * k : (index + 1) * k].clone(),
+            order[:k].clone(),
+        )
+        layer.weight.copy_(layer.weight[order])
+        layer.bias.copy_(layer.bias[order])
 
 
 def split_heads(

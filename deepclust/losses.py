@@ -99,7 +99,17 @@ def nt_xent(
     >>> round(float(nt_xent(a, a, temperature=0.5)), 4)
     0.5944
     """
-    temperature = _check_temperature(temperature, "temperature")
+    return _nt_xent(
+        rows_a,
+        rows_b,
+        _check_temperature(temperature, "temperature"),
+        normalize=normalize,
+        gather_distributed=gather_distributed,
+    )
+
+
+def _nt_xent(rows_a, rows_b, temperature, *, normalize=True, gather_distributed=False):
+    # The loss modules validated their temperature once, when built.
     with torch.autocast(device_type=rows_a.device.type, enabled=False):
         rows_a, rows_b = rows_a.float(), rows_b.float()
         if normalize:
@@ -174,7 +184,7 @@ class InstanceContrastiveLoss(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         """Loss between projections ``z1``, ``z2`` of shape (N, d)."""
-        return nt_xent(
+        return _nt_xent(
             z1, z2, self.temperature, gather_distributed=self.gather_distributed
         )
 
@@ -205,7 +215,7 @@ class FeatureContrastiveLoss(nn.Module):
         """Loss between head activations ``y1``, ``y2`` of shape (N, K)."""
         if self.gather_distributed:
             y1, y2 = gather_rows(y1)[0], gather_rows(y2)[0]
-        return nt_xent(y1.T, y2.T, self.temperature)
+        return _nt_xent(y1.T, y2.T, self.temperature)
 
 
 def binary_entropy(probabilities: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -349,12 +359,18 @@ def sinkhorn(
     if n_iterations < 1:
         raise ValueError(f"n_iterations must be >= 1, got {n_iterations}.")
     epsilon = _check_temperature(epsilon, "epsilon")
+    return _sinkhorn(scores, epsilon, n_iterations, gather_distributed)
+
+
+@torch.no_grad()
+def _sinkhorn(scores, epsilon, n_iterations, gather_distributed=False):
+    # CDCLoss validated epsilon and the iterations once, when built.
     if gather_distributed and distributed.is_distributed():
         # The scores of a batch are tiny next to the network: solving the global
         # problem on every process equals the single-process result exactly.
         all_scores, sizes = gather_rows(scores.detach().movedim(-2, 0))
         start = sum(sizes[: distributed.rank()])
-        codes = sinkhorn(all_scores.movedim(0, -2), epsilon, n_iterations)
+        codes = _sinkhorn(all_scores.movedim(0, -2), epsilon, n_iterations)
         return codes[..., start : start + scores.shape[-2], :]
     with torch.autocast(device_type=scores.device.type, enabled=False):
         n_samples, n_clusters = scores.shape[-2:]
@@ -381,8 +397,8 @@ class CDCLoss(nn.Module):
     With ``n_heads`` H > 1 the projection holds H cluster parts before the shared
     instance part (see :class:`deepclust.heads.CDCProjectionHead`); each head h
     has its own loss with s = s^c_h + s^n, and the total is their mean, so one
-    backbone trains H clusterings at once (SCAN's multiple heads); the parts
-    ``cluster_head{h}`` tell which head clusters best.
+    backbone trains H clusterings at once (SCAN's multiple heads); the part
+    ``cluster_heads`` (one cross-entropy per head) tells which clusters best.
 
     Parameters
     ----------
@@ -422,8 +438,8 @@ class CDCLoss(nn.Module):
     ['cluster', 'instance']
     >>> total, parts = CDCLoss(3, n_heads=2)(torch.randn(8, 6 + 5),
     ...                                      torch.randn(8, 6 + 5))
-    >>> sorted(parts)
-    ['cluster', 'cluster_head0', 'cluster_head1', 'instance']
+    >>> sorted(parts), tuple(parts["cluster_heads"].shape)
+    (['cluster', 'cluster_heads', 'instance'], (2,))
     """
 
     def __init__(
@@ -509,7 +525,7 @@ class CDCLoss(nn.Module):
             )
             instance = _contrastive_loss(similarity, offset, self.temperature, gather)
             codes1, codes2 = (
-                sinkhorn(zc, self.sinkhorn_epsilon, self.sinkhorn_iterations,
+                _sinkhorn(zc, self.sinkhorn_epsilon, self.sinkhorn_iterations,
                          gather_distributed=gather)
                 for zc in (zc1, zc2)
             )  # fmt: skip
@@ -529,7 +545,7 @@ class CDCLoss(nn.Module):
             total = (instance + self.cluster_weight * cluster).mean()
         parts = {"instance": instance.mean(), "cluster": cluster.mean()}
         if self.n_heads > 1:
-            parts.update({f"cluster_head{h}": c for h, c in enumerate(cluster)})
+            parts["cluster_heads"] = cluster
         return total, {name: value.detach() for name, value in parts.items()}
 
 

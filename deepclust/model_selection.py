@@ -34,6 +34,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from deepclust.inspection import sample_positions
+
 __all__ = ["KSelection", "select_n_clusters"]
 
 # Below this best stability, no k gives a reproducible clustering.
@@ -281,43 +283,46 @@ def select_n_clusters(
     """
     k_values = _check_k_range(k_range)
     _check_options(features, n_resamples, subsample, tolerance, n_init, max_samples)
-    start = time.perf_counter()
-    values, description, fitted, trained = _features(
+    values, description, fitted, fit_seconds = _features(
         X, model, features, random_state, verbose
     )
-    fit_seconds = time.perf_counter() - start if trained else None
-    n_inputs = len(values)
-    # Unreadable image files (on_error="skip") come back as NaN rows.
-    values = values[np.isfinite(values).all(axis=1)]
     rng = np.random.default_rng(random_state)
-    if len(values) > max_samples:
-        values = values[np.sort(rng.choice(len(values), max_samples, replace=False))]
-    n_samples = len(values)
+    # Unreadable image files (on_error="skip") come back as NaN rows.
+    readable = values[np.isfinite(values).all(axis=1)]
+    sample = readable[sample_positions(len(readable), max_samples, rng)]
+    n_fit = _subsample_size(k_values, subsample, len(sample))
+    scores = _stability_scores(sample, k_values, n_resamples, n_fit, n_init, rng)
+    result = KSelection(
+        n_clusters=_largest_stable_k(k_values, scores, tolerance),
+        k_values=k_values,
+        scores=scores,
+        tolerance=float(tolerance),
+        features=description,
+        n_samples=len(sample),
+        n_inputs=len(values),
+        model=fitted,
+        fit_seconds=fit_seconds,
+    )
+    result.notes = _cautions(result)
+    return result
+
+
+def _subsample_size(k_values, subsample, n_samples):
+    """Samples in each subsample; raise when too few for the largest k."""
     n_fit = int(round(subsample * n_samples))
     if k_values[-1] > n_fit:
         raise ValueError(
             f"k_range goes up to {k_values[-1]} but each subsample holds only {n_fit} "
             f"of the {n_samples} samples; use a smaller k or more data."
         )
-    scores = _stability_scores(values, k_values, n_resamples, n_fit, n_init, rng)
+    return n_fit
+
+
+def _largest_stable_k(k_values, scores, tolerance):
+    """The largest k whose stability is within ``tolerance`` of the best."""
     stability = scores.mean(axis=1)
     best = stability.max()
-    chosen = int(k_values[np.flatnonzero(stability >= best - tolerance).max()])
-    if trained:
-        description += f", trained once for this ({fit_seconds:.1f} s)"
-    result = KSelection(
-        n_clusters=chosen,
-        k_values=k_values,
-        scores=scores,
-        tolerance=float(tolerance),
-        features=description,
-        n_samples=n_samples,
-        n_inputs=n_inputs,
-        model=fitted,
-        fit_seconds=fit_seconds,
-    )
-    result.notes = _cautions(result)
-    return result
+    return int(k_values[np.flatnonzero(stability >= best - tolerance).max()])
 
 
 def _check_k_range(k_range):
@@ -352,7 +357,12 @@ def _check_options(features, n_resamples, subsample, tolerance, n_init, max_samp
 
 
 def _features(X, model, features, random_state, verbose):
-    """The matrix to cluster, its description, the model and whether it was trained."""
+    """The matrix to cluster, its description, the model and its training time.
+
+    The training time (None when the model was not trained here) counts the
+    features' computation too.
+    """
+    start = time.perf_counter()
     from sklearn.preprocessing import normalize
 
     if isinstance(model, str):
@@ -366,7 +376,7 @@ def _features(X, model, features, random_state, verbose):
                 f"with model='precomputed', X must be a 2-D array of features; got "
                 f"shape {values.shape}."
             )
-        return values, f"the given features ({values.shape[1]} columns)", None, False
+        return values, f"the given features ({values.shape[1]} columns)", None, None
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
@@ -390,14 +400,18 @@ def _features(X, model, features, random_state, verbose):
     description = (
         f"L2-normalised {what} ({values.shape[1]}-d) of {type(model).__name__}"
     )
-    if trained:
-        description += f" ({model.n_epochs_} epochs)"
     finite = np.isfinite(values).all(axis=1)
     values = values.astype(np.float64)
     # Contrastive features are compared by cosine; on the unit sphere KMeans's
     # Euclidean distance ranks neighbours as the cosine does.
     values[finite] = normalize(values[finite])
-    return values, description, model, trained
+    if not trained:
+        return values, description, model, None
+    fit_seconds = time.perf_counter() - start
+    description += (
+        f" ({model.n_epochs_} epochs), trained once for this ({fit_seconds:.1f} s)"
+    )
+    return values, description, model, fit_seconds
 
 
 def _stability_scores(values, k_values, n_resamples, n_fit, n_init, rng):

@@ -92,6 +92,11 @@ class InputScaler(nn.Module):
             self.mean.copy_(mean)
             self.std.copy_(std)
 
+    def unit_range(self) -> tuple[float, float]:
+        """The raw values (low, high) that ``to_unit`` maps to 0 and 1 (images)."""
+        low = float(self.offset.min())
+        return low, low + 1.0 / float(self.scale.max())
+
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Raw input -> unit range (images) or z-scores (tabular)."""
         return (x.float() - self._shaped(self.offset)) * self._shaped(self.scale)
@@ -112,10 +117,14 @@ class _ScaledModel(nn.Module):
     output_names: tuple[str, ...] = ("embedding",)
     default_outputs: str | tuple[str, ...] = "embedding"
 
-    def __init__(self, backbone: nn.Module, scaler: InputScaler) -> None:
+    def __init__(
+        self, backbone: nn.Module, scaler: InputScaler, embedding_dim: int
+    ) -> None:
         super().__init__()
         self.scaler = scaler
         self.backbone = backbone
+        #: Width of the backbone's output, the ``"embedding"``.
+        self.embedding_dim = embedding_dim
 
     def forward(self, unit_x: torch.Tensor, outputs=None):
         """Named outputs of unit-range input: a tensor for a name, a tuple for a list.
@@ -193,7 +202,7 @@ class CDModel(_ScaledModel):
         n_heads: int = 128,
         predictor_hidden_dim: int | None = None,
     ) -> None:
-        super().__init__(backbone, scaler)
+        super().__init__(backbone, scaler, backbone_dim)
         self.projector = InstanceProjector(backbone_dim, projection_dim)
         self.predictor = FeaturePredictor(
             projection_dim, n_heads, predictor_hidden_dim or backbone_dim
@@ -271,7 +280,7 @@ class CDCModel(_ScaledModel):
         cluster_temperature: float = 0.1,
         n_heads: int = 1,
     ) -> None:
-        super().__init__(backbone, scaler)
+        super().__init__(backbone, scaler, backbone_dim)
         if not cluster_temperature > 0:
             raise ValueError(
                 f"cluster_temperature must be positive, got {cluster_temperature!r}."
@@ -290,11 +299,7 @@ class CDCModel(_ScaledModel):
             return values
         values["all_projections"] = self.head(embedding)
         # The first head's part and the shared instance part: a one-head projection.
-        k = self.n_clusters
-        values["projection"] = torch.cat(
-            [values["all_projections"][:, :k],
-             values["all_projections"][:, self.n_heads * k :]], dim=1
-        )  # fmt: skip
+        values["projection"] = self.head.first_head(values["all_projections"])
         values["cluster"], values["instance"] = split_projection(
             values["projection"], self.n_clusters
         )
@@ -306,25 +311,13 @@ class CDCModel(_ScaledModel):
             values["labels"] = values["probabilities"].argmax(dim=1)
         return values
 
-    @torch.no_grad()
     def select_head(self, index: int) -> None:
         """Make cluster head ``index`` the first one, the one used for predictions.
 
         The heads' rows of the last layer are swapped, so the network keeps its
         shape (and its saved weights their names).
         """
-        if not 0 <= index < self.n_heads:
-            raise ValueError(f"index must be in [0, {self.n_heads}); got {index!r}.")
-        k = self.n_clusters
-        order = torch.arange(
-            self.head[3].out_features, device=self.head[3].weight.device
-        )
-        order[:k], order[index * k : (index + 1) * k] = (
-            order[index * k : (index + 1) * k].clone(),
-            order[:k].clone(),
-        )
-        self.head[3].weight.copy_(self.head[3].weight[order])
-        self.head[3].bias.copy_(self.head[3].bias[order])
+        self.head.swap_heads(index)
 
     def cluster_logits(self, unit_x: torch.Tensor) -> torch.Tensor:
         """z^c / t, whose softmax is the cluster probability."""

@@ -1,8 +1,9 @@
 """Training objectives: one batch of unit-range input to a loss, in pure torch.
 
-An objective holds what training adds around a model and a loss: the
-augmentation that makes two views of every image and, for CDC, the optional
-self-labelling stage. Its ``forward(model, unit, generator, epoch)`` reads top
+An objective holds what training adds around a model and a loss: what makes
+two views of every sample (two augmentations of an image, or a feature vector
+and one of its nearest neighbours: :class:`NeighborPairs`) and, for CDC, the
+optional self-labelling stage. Its ``forward(model, unit, generator, epoch)`` reads top
 to bottom as one training step's computation and returns ``(loss, parts)``,
 with ``parts`` the detached partial losses recorded in the training history; a
 ``None`` loss means the batch teaches nothing and is skipped.
@@ -24,7 +25,19 @@ from deepclust import distributed
 from deepclust.heads import split_heads
 from deepclust.losses import CDCLoss, CDLoss, ConfidenceBasedCE
 
-__all__ = ["CDCObjective", "CDObjective", "NeighborBank", "two_views"]
+__all__ = [
+    "CDCObjective",
+    "CDObjective",
+    "NeighborBank",
+    "NeighborPairs",
+    "nearest_neighbors",
+    "two_views",
+]
+# Rows of the similarity matrix computed at once when mining neighbours.
+_MINING_CHUNK = 1024
+# Above this many multiply-adds, neighbours are mined in a PCA projection.
+_MINING_EXACT_MACS = 2e11
+_MINING_PCA_DIM = 128
 
 
 def two_views(augment, unit: torch.Tensor, generator=None, *, channels_last=False):
@@ -34,6 +47,106 @@ def two_views(augment, unit: torch.Tensor, generator=None, *, channels_last=Fals
     if channels_last:
         views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
     return views
+
+
+@torch.no_grad()
+def nearest_neighbors(
+    features: torch.Tensor, n_neighbors: int, *, metric: str = "euclidean"
+) -> torch.Tensor:
+    """The ``n_neighbors`` nearest other rows of every row, nearest first.
+
+    Parameters
+    ----------
+    features : Tensor of shape (N, D)
+    n_neighbors : int
+        At most N - 1.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+
+    Returns
+    -------
+    neighbors : Tensor of shape (N, n_neighbors)
+        int64 row indices; a row is never its own neighbour.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+    >>> nearest_neighbors(x, 1).flatten().tolist()
+    [1, 0, 3, 2]
+    """
+    features = features.float()
+    if metric == "cosine":
+        features = F.normalize(features, dim=1)
+    elif metric != "euclidean":
+        raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}.")
+    n_samples, n_dims = features.shape
+    if n_samples * n_samples * n_dims > _MINING_EXACT_MACS and n_dims > _MINING_PCA_DIM:
+        # Brute force would take minutes: the first principal components keep
+        # the neighbourhoods of high-dimensional embeddings well enough.
+        centred = features - features.mean(dim=0)
+        _, _, basis = torch.pca_lowrank(centred, q=_MINING_PCA_DIM, center=False)
+        features = centred @ basis
+    squared = (features * features).sum(dim=1)
+    neighbors = torch.empty(n_samples, n_neighbors, dtype=torch.long)
+    for start in range(0, n_samples, _MINING_CHUNK):
+        block = features[start : start + _MINING_CHUNK]
+        # Ranking by 2 <a, b> - |b|^2 is ranking by -|a - b|^2.
+        score = 2 * block @ features.T - squared
+        rows = torch.arange(len(block), device=score.device)
+        score[rows, rows + start] = -torch.inf
+        neighbors[start : start + len(block)] = score.topk(
+            n_neighbors, dim=1
+        ).indices.cpu()
+    return neighbors.to(features.device)
+
+
+class NeighborPairs(nn.Module):
+    """Two views of feature vectors: each row, and one of its nearest neighbours.
+
+    Feature vectors (the embeddings of a pretrained encoder, or any tabular data)
+    have no augmentation that keeps their class the way a crop keeps an image's;
+    their nearest neighbours mostly share it, which is what SCAN and TEMI train
+    on. The neighbours are mined once, in the space the model receives (the
+    unit-scaled rows), and every step draws one of them per row.
+
+    Parameters
+    ----------
+    rows : Tensor of shape (N, D)
+        Every training row, scaled as the model receives them, indexed as the
+        training batches index them.
+    n_neighbors : int
+        Neighbours of each row (at most N - 1).
+
+    Examples
+    --------
+    >>> import torch
+    >>> pairs = NeighborPairs(torch.tensor([[0.0], [1.0], [5.0], [6.0]]), 1)
+    >>> first, second = pairs(torch.tensor([[0.0], [5.0]]), None,
+    ...                       torch.tensor([0, 2]))
+    >>> second.flatten().tolist()
+    [1.0, 6.0]
+    """
+
+    def __init__(self, rows: torch.Tensor, n_neighbors: int) -> None:
+        super().__init__()
+        n_neighbors = max(1, min(int(n_neighbors), len(rows) - 1))
+        # Rebuilt from the data at every fit: not part of checkpoints.
+        self.register_buffer("rows", rows.float(), persistent=False)
+        self.register_buffer(
+            "neighbors", nearest_neighbors(rows, n_neighbors), persistent=False
+        )
+
+    def forward(self, unit, generator, index):
+        """The batch itself and, for each row, one of its neighbours."""
+        index = index.to(self.neighbors.device)
+        choice = torch.randint(
+            0,
+            self.neighbors.shape[1],
+            (len(index),),
+            generator=generator,
+            device=self.neighbors.device,
+        )
+        return unit, self.rows[self.neighbors[index, choice]].to(unit.device)
 
 
 class CDObjective(nn.Module):
@@ -46,6 +159,9 @@ class CDObjective(nn.Module):
         ``augment(unit_batch, generator)`` returns one augmented view.
     channels_last : bool, default=False
         Lay the views out channels-last (faster convolutions on GPUs).
+    pairs : NeighborPairs or None, default=None
+        Make the two views of feature vectors from neighbours instead of two
+        augmentations (needs the batch's positions, ``index``).
 
     Examples
     --------
@@ -60,19 +176,33 @@ class CDObjective(nn.Module):
     ['entropy', 'feature', 'instance']
     """
 
-    def __init__(self, loss: CDLoss, augment, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        loss: CDLoss,
+        augment,
+        channels_last: bool = False,
+        pairs: NeighborPairs | None = None,
+    ) -> None:
         super().__init__()
         self.loss = loss
         self.augment = augment
         self.channels_last = channels_last
+        self.pairs = pairs
 
     def forward(self, model, unit, generator=None, epoch=0, index=None):
-        view1, view2 = two_views(
-            self.augment, unit, generator, channels_last=self.channels_last
-        )
+        view1, view2 = _views(self, unit, generator, index)
         z1, y1 = model(view1, ("projection", "heads"))
         z2, y2 = model(view2, ("projection", "heads"))
         return self.loss(z1, z2, y1, y2)
+
+
+def _views(objective, unit, generator, index):
+    """The two views of a batch: neighbour pairs when the objective has them."""
+    if objective.pairs is not None and index is not None:
+        return objective.pairs(unit, generator, index)
+    return two_views(
+        objective.augment, unit, generator, channels_last=objective.channels_last
+    )
 
 
 class NeighborBank(nn.Module):
@@ -119,16 +249,13 @@ class NeighborBank(nn.Module):
         )
 
     @torch.no_grad()
-    def set_neighbors(self, features: torch.Tensor, chunk: int = 1024) -> None:
-        """Mine the neighbours of every sample from its features (N, D)."""
-        features = F.normalize(features.float().to(self.codes.device), dim=1)
-        for start in range(0, len(features), chunk):
-            similarity = features[start : start + chunk] @ features.T
-            rows = torch.arange(len(similarity), device=similarity.device)
-            similarity[rows, rows + start] = -2.0  # a sample is not its own neighbour
-            self.neighbors[start : start + chunk] = similarity.topk(
-                self.n_neighbors, dim=1
-            ).indices
+    def set_neighbors(self, features: torch.Tensor) -> None:
+        """Mine the neighbours of every sample from its features (N, D), by cosine."""
+        self.neighbors.copy_(
+            nearest_neighbors(
+                features.to(self.codes.device), self.n_neighbors, metric="cosine"
+            )
+        )
         self.ready.fill_(True)
 
     @torch.no_grad()
@@ -175,6 +302,8 @@ class CDCObjective(nn.Module):
     channels_last : bool, default=False
     neighbors : NeighborBank or None, default=None
         Neighbour targets (used once its neighbours are mined).
+    pairs : NeighborPairs or None, default=None
+        Make the two views of feature vectors from neighbours.
 
     Examples
     --------
@@ -199,6 +328,7 @@ class CDCObjective(nn.Module):
         n_cluster_epochs: int,
         channels_last=False,
         neighbors: NeighborBank | None = None,
+        pairs: NeighborPairs | None = None,
     ) -> None:
         super().__init__()
         self.loss = loss
@@ -208,11 +338,10 @@ class CDCObjective(nn.Module):
         self.n_cluster_epochs = n_cluster_epochs
         self.channels_last = channels_last
         self.neighbors = neighbors
+        self.pairs = pairs
 
     def forward(self, model, unit, generator=None, epoch=0, index=None):
-        view1, view2 = two_views(
-            self.augment, unit, generator, channels_last=self.channels_last
-        )
+        view1, view2 = _views(self, unit, generator, index)
         banked = self.neighbors is not None and index is not None
         targets = (
             self.neighbors.targets(index) if banked and self.neighbors.ready else None

@@ -26,6 +26,7 @@ import numpy as np
 from deepclust._inputs import (
     InputError,
     check_matches,
+    check_value_range,
     iter_batches,
     labels_from_proba,
     read_input,
@@ -270,8 +271,10 @@ class OnnxClusterer:
                 f"path {path!r} is an ONNX model without deepclust metadata; "
                 "expected a file written by deepclust.onnx.export_onnx."
             )
+        metadata = {key: _from_json(value) for key, value in raw.items()}
+        _check_metadata(metadata, session, path)
         self.session = session
-        self.metadata = {key: _from_json(value) for key, value in raw.items()}
+        self.metadata = metadata
         graph_input = session.get_inputs()[0]
         self.input_name = graph_input.name
         batch_dim = graph_input.shape[0]
@@ -558,10 +561,31 @@ class OnnxClusterer:
         return outputs
 
     def _graph_input(self, raw):
-        """An NCHW (or tabular) batch from read_input in the graph's layout."""
+        """An NCHW (or tabular) batch from read_input in the graph's layout.
+
+        Image batches are first checked against the scale of the training
+        images (:func:`~deepclust._inputs.check_value_range`), so that images
+        on another scale fail instead of giving wrong clusters.
+        """
+        if self.metadata["input_kind"] == "image":
+            self._check_value_range(raw)
         if self.metadata["input_format"] == "uint8_nhwc":
             return np.ascontiguousarray(_as_uint8(raw).transpose(0, 2, 3, 1))
         return np.ascontiguousarray(raw, dtype=np.float32)
+
+    def _check_value_range(self, raw):
+        meta = self.metadata
+        fitted_dtype = meta.get("fit_input_dtype")
+        value_range = meta.get("value_range")
+        if value_range is None and fitted_dtype == "uint8":
+            value_range = (0, 255)
+        if value_range is None:
+            return  # an export that does not say: nothing to check against
+        check_value_range(
+            raw,
+            fitted_dtype="uint8" if fitted_dtype == "uint8" else "float32",
+            value_range=value_range,
+        )
 
     def _run_batch(self, batch, names):
         if self._static_batch is None:
@@ -579,6 +603,61 @@ class OnnxClusterer:
             values = self.session.run(names, {self.input_name: chunk})
             chunks.append([value[:n_rows] for value in values])
         return [np.concatenate(values) for values in zip(*chunks, strict=True)]
+
+
+_INPUT_TYPES = {
+    "uint8_nhwc": ("tensor(uint8)", 4),
+    "float_nchw": ("tensor(float)", 4),
+    "float_tabular": ("tensor(float)", 2),
+}
+
+
+def _check_metadata(metadata, session, path) -> None:
+    """Raise a ValueError naming ``path`` unless its deepclust metadata is whole
+    and describes its graph (a file edited or stripped after export)."""
+
+    def broken(what):
+        return ValueError(
+            f"path {path!r} is an ONNX model whose deepclust metadata {what}; it "
+            "was edited after export. Export the model again with "
+            "deepclust.onnx.export_onnx."
+        )
+
+    def positive_ints(value, length):
+        return (
+            isinstance(value, list)
+            and len(value) == length
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                    for v in value)
+        )  # fmt: skip
+
+    kind = metadata.get("input_kind")
+    input_format = metadata.get("input_format")
+    if metadata.get("estimator") not in _KNOWN_OUTPUTS:
+        raise broken(f"names no known estimator ({metadata.get('estimator')!r})")
+    if kind not in ("image", "tabular") or input_format not in _INPUT_TYPES:
+        raise broken(
+            f"lacks a valid input kind and format ({kind!r}, {input_format!r})"
+        )
+    if kind == "image" and not (
+        positive_ints(metadata.get("image_size"), 2)
+        and metadata.get("n_channels") in (1, 3)
+    ):
+        raise broken("lacks a valid image_size and n_channels")
+    if kind == "tabular" and not positive_ints([metadata.get("n_features")], 1):
+        raise broken("lacks a valid n_features")
+    n_clusters = metadata.get("n_clusters")
+    if n_clusters is not None and not positive_ints([n_clusters], 1):
+        raise broken(f"has an invalid n_clusters ({n_clusters!r})")
+    if not isinstance(metadata.get("params", {}), dict):
+        raise broken("has params that are not a JSON object")
+    graph_input = session.get_inputs()[0]
+    dtype, rank = _INPUT_TYPES[input_format]
+    if graph_input.type != dtype or len(graph_input.shape) != rank:
+        raise broken(
+            f"says {input_format!r} input, but the graph takes a "
+            f"{graph_input.type} of rank {len(graph_input.shape)}"
+        )
 
 
 def _import_onnxruntime():
@@ -640,9 +719,20 @@ def _from_json(value):
 
 
 def _as_uint8(batch):
-    """uint8 view of a batch for uint8 graphs; float values must be whole 0-255."""
+    """uint8 view of a batch for uint8 graphs; float values must be whole 0-255.
+
+    Floats in [0, 1] (not all zero) are refused: they are images scaled to
+    [0, 1], which would become black images of 0s and 1s.
+    """
     if batch.dtype == np.uint8:
         return batch
+    if batch.size and batch.min() >= 0 and 0 < batch.max() <= 1:
+        raise InputError(
+            f"X holds float images with values in [{float(batch.min()):.3g}, "
+            f"{float(batch.max()):.3g}], which look like images scaled to [0, 1], "
+            "but this ONNX model takes uint8 images with values in [0, 255]; pass "
+            "(X * 255).astype(np.uint8)."
+        )
     whole = np.array_equal(batch, np.round(batch))
     if not whole or batch.min() < 0 or batch.max() > 255:
         raise InputError(

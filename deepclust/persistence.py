@@ -39,8 +39,9 @@ __all__ = [
     "save",
 ]
 
-# The estimator classes register themselves for loading when they are imported.
-_REGISTERED = estimators.__all__
+# The estimator classes register themselves for loading when they are imported
+# (deepclust.estimators imports them on first use).
+_REGISTERED = (estimators.CDCClusterer, estimators.ContrastiveDisentangler)
 
 
 def save(estimator, path) -> None:

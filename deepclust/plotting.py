@@ -24,16 +24,30 @@ A ContrastiveDisentangler has no clusters of its own: the cluster plots cluster
 its L2-normalised backbone embeddings with KMeans, given ``n_clusters`` (the
 features that ``deepclust select-k`` scores). Image galleries and thumbnails
 need a model trained on images; tabular models get the other plots.
+
+Which inputs are shown, their clusters and confidences come from
+:mod:`deepclust.inspection` (:func:`~deepclust.inspection.assign_clusters` is
+also exported here); this module only draws them.
 """
 
 # Authors: The deepclust developers
 # SPDX-License-Identifier: BSD-3-Clause
 
-import os
-import re
-from pathlib import Path
-
 import numpy as np
+
+from deepclust.inspection import (
+    assign_clusters,
+    cluster_members,
+    has_own_clusters,
+    head_activations,
+    most_varying_heads,
+    n_clusters_of,
+    normalized_embeddings,
+    subsample,
+    take,
+    thumbnail_positions,
+    top_activations,
+)
 
 __all__ = [
     "assign_clusters",
@@ -75,10 +89,6 @@ def _new_figure(width, height, layout="constrained"):
     return _figure_class()(figsize=(width, height), layout=layout)
 
 
-def _is_clusterer(estimator):
-    return hasattr(estimator, "predict_proba")
-
-
 def _check_image_model(estimator, what):
     if getattr(estimator, "input_kind_", None) != "image":
         raise ValueError(
@@ -88,109 +98,8 @@ def _check_image_model(estimator, what):
         )
 
 
-def _embeddings(estimator, X):
-    """L2-normalised backbone embeddings; NaN rows for unreadable inputs."""
-    values = np.asarray(estimator.embed(X), dtype=np.float64)
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    # Contrastive embeddings are compared by cosine (as select-k does).
-    return values / np.where(norms > 0, norms, 1.0)
-
-
-def assign_clusters(estimator, X, *, n_clusters=None, random_state=0):
-    """Cluster of every input and how confidently it belongs there.
-
-    For a :class:`~deepclust.CDCClusterer` the cluster is ``predict``'s and the
-    confidence the top probability of ``predict_proba``. A
-    :class:`~deepclust.ContrastiveDisentangler` has no clusters: its
-    L2-normalised backbone embeddings are clustered with KMeans into
-    ``n_clusters``, and the confidence is ``1 - d1 / d2`` (d1, d2: distances to
-    the nearest and second nearest centres; 1 at a centre, 0 halfway between
-    two).
-
-    Parameters
-    ----------
-    estimator : CDCClusterer or ContrastiveDisentangler
-        A fitted estimator.
-    X : array-like, list of PIL images or paths, or a directory path
-        The data, in any form the estimator accepts.
-    n_clusters : int, default=None
-        Number of KMeans clusters, for a ContrastiveDisentangler only (required
-        there; ``deepclust select-k`` helps choose it).
-    random_state : int, default=0
-        Seed of KMeans.
-
-    Returns
-    -------
-    labels : ndarray of shape (n_inputs,)
-        Cluster indices; -1 for unreadable inputs.
-    confidence : ndarray of shape (n_inputs,)
-        In [0, 1]; NaN for unreadable inputs.
-
-    Examples
-    --------
-    >>> from sklearn.datasets import make_blobs
-    >>> from deepclust import CDCClusterer
-    >>> from deepclust.plotting import assign_clusters
-    >>> X, _ = make_blobs(n_samples=40, n_features=4, centers=2, random_state=0)
-    >>> cdc = CDCClusterer(n_clusters=2, max_epochs=1, batch_size=20,
-    ...                    random_state=0).fit(X)
-    >>> labels, confidence = assign_clusters(cdc, X)
-    >>> labels.shape, bool((confidence >= 0.5).all())
-    ((40,), True)
-    """
-    if _is_clusterer(estimator):
-        if n_clusters is not None and n_clusters != estimator.n_clusters:
-            raise ValueError(
-                f"n_clusters={n_clusters} differs from the model's n_clusters="
-                f"{estimator.n_clusters}; a CDCClusterer's clusters are its own."
-            )
-        proba = np.asarray(estimator.predict_proba(X))
-        readable = np.isfinite(proba).all(axis=1)
-        labels = np.full(len(proba), -1, dtype=np.int64)
-        labels[readable] = proba[readable].argmax(axis=1)
-        confidence = np.full(len(proba), np.nan)
-        confidence[readable] = proba[readable].max(axis=1)
-        return labels, confidence
-    if n_clusters is None:
-        raise ValueError(
-            f"{type(estimator).__name__} has no clusters of its own: pass n_clusters "
-            "(its embeddings are then clustered with KMeans; 'deepclust select-k' "
-            "helps choose n_clusters)."
-        )
-    return _kmeans_clusters(_embeddings(estimator, X), n_clusters, random_state)
-
-
-def _kmeans_clusters(values, n_clusters, random_state):
-    """KMeans labels and 1 - d1/d2 confidences of embeddings (NaN rows: -1, NaN)."""
-    from sklearn.cluster import KMeans
-
-    readable = np.isfinite(values).all(axis=1)
-    if readable.sum() < n_clusters:
-        raise ValueError(
-            f"{int(readable.sum())} readable inputs cannot form "
-            f"n_clusters={n_clusters} clusters."
-        )
-    kmeans = KMeans(n_clusters, n_init=10, random_state=random_state).fit(
-        values[readable]
-    )
-    distances = np.sort(kmeans.transform(values[readable]), axis=1)
-    labels = np.full(len(values), -1, dtype=np.int64)
-    labels[readable] = kmeans.labels_
-    confidence = np.full(len(values), np.nan)
-    second = np.where(distances[:, 1] > 0, distances[:, 1], 1.0)
-    confidence[readable] = 1.0 - distances[:, 0] / second
-    return labels, confidence
-
-
-def _n_clusters(estimator, labels, n_clusters):
-    if _is_clusterer(estimator):
-        return estimator.n_clusters
-    if n_clusters is not None:
-        return n_clusters
-    return int(labels.max()) + 1 if (labels >= 0).any() else 0
-
-
 def _clusters_of(estimator, X, labels, confidence, n_clusters, random_state):
+    """Labels, confidences and number of clusters: the given ones, or assigned."""
     if labels is None or confidence is None:
         labels, confidence = assign_clusters(
             estimator, X, n_clusters=n_clusters, random_state=random_state
@@ -202,38 +111,7 @@ def _clusters_of(estimator, X, labels, confidence, n_clusters, random_state):
             f"labels and confidence must have the same shape; got {labels.shape} and "
             f"{confidence.shape}."
         )
-    return labels, confidence, _n_clusters(estimator, labels, n_clusters)
-
-
-def _take(X, positions):
-    """The inputs of X at ``positions``, without reading any other input."""
-    from deepclust._inputs import image_files_in
-
-    positions = np.asarray(positions, dtype=np.int64)
-    if isinstance(X, (str, os.PathLike)):
-        if os.path.isdir(X):
-            files = image_files_in(X)
-            return [files[i] for i in positions]
-        if Path(X).suffix.lower() == ".npy":
-            return np.asarray(np.load(X, mmap_mode="r")[np.sort(positions)])[
-                np.argsort(np.argsort(positions))
-            ]
-        return [os.fspath(X)] * len(positions)
-    if isinstance(X, (list, tuple)):
-        return [X[i] for i in positions]
-    return np.asarray(X)[positions]
-
-
-def _n_inputs(X):
-    from deepclust._inputs import image_files_in
-
-    if isinstance(X, (str, os.PathLike)):
-        if os.path.isdir(X):
-            return len(image_files_in(X))
-        if Path(X).suffix.lower() == ".npy":
-            return len(np.load(X, mmap_mode="r"))
-        return 1
-    return len(X)
+    return labels, confidence, n_clusters_of(estimator, labels, n_clusters)
 
 
 def _read_images(estimator, X, positions):
@@ -250,7 +128,7 @@ def _read_images(estimator, X, positions):
     if len(positions) == 0:
         return out[..., 0] if channels == 1 else out
     source = read_input(
-        _take(X, positions),
+        take(X, positions),
         image_size=estimator.image_size_,
         channels=channels,
         data_format=estimator.get_params().get("data_format", "auto"),
@@ -368,15 +246,6 @@ def _mosaic(images, n_columns):
     return mosaic, width / (width + gap)
 
 
-def _cluster_members(labels, confidence, cluster, n_images, n_borderline):
-    members = np.flatnonzero(labels == cluster)
-    order = members[np.argsort(-confidence[members], kind="stable")]
-    confident = order[:n_images]
-    rest = order[len(confident) :]
-    borderline = rest[::-1][:n_borderline] if n_borderline else rest[:0]
-    return members, confident, borderline
-
-
 # ---------------------------------------------------------------------------
 # Galleries
 # ---------------------------------------------------------------------------
@@ -414,10 +283,11 @@ def plot_cluster_gallery(
     clusters : list of int, default=None
         Clusters to show, in this order; None shows all.
     labels, confidence : ndarray of shape (n_inputs,), default=None
-        Precomputed output of :func:`assign_clusters` (saves a pass over X).
+        Precomputed output of :func:`~deepclust.inspection.assign_clusters`
+        (saves a pass over X).
     n_clusters : int, default=None
         Number of KMeans clusters for a ContrastiveDisentangler; see
-        :func:`assign_clusters`.
+        :func:`~deepclust.inspection.assign_clusters`.
     random_state : int, default=0
         Seed of KMeans (ContrastiveDisentangler only).
 
@@ -444,7 +314,9 @@ def plot_cluster_gallery(
     )
     clusters = list(range(k)) if clusters is None else [int(c) for c in clusters]
     rows = [
-        _cluster_members(labels, confidence, c, n_images, n_borderline)
+        cluster_members(
+            labels, confidence, c, n_confident=n_images, n_borderline=n_borderline
+        )
         for c in clusters
     ]
     shown = np.concatenate(
@@ -472,30 +344,6 @@ def plot_cluster_gallery(
         ]
         grid.append((title, cells))
     return _image_grid(grid, n_images + n_borderline)
-
-
-def _head_activations(estimator, X):
-    params = estimator.get_params()
-    if "n_heads" not in params:
-        raise ValueError(
-            "head plots need a ContrastiveDisentangler; got a "
-            f"{type(estimator).__name__}."
-        )
-    previous = params["transform_output"]
-    try:
-        # transform_output is the user's choice; heads are read without keeping
-        # a change to it.
-        estimator.set_params(transform_output="heads")
-        return np.asarray(estimator.transform(X), dtype=np.float64)
-    finally:
-        estimator.set_params(transform_output=previous)
-
-
-def _default_heads(activations, n_heads):
-    # The heads whose activation varies most across samples separate the data
-    # most; constant heads (always on or off) show nothing.
-    variance = np.nanvar(activations, axis=0)
-    return np.argsort(-variance, kind="stable")[:n_heads].tolist()
 
 
 def plot_head_gallery(
@@ -543,19 +391,14 @@ def plot_head_gallery(
     """
     _check_image_model(estimator, "plot_head_gallery")
     if activations is None:
-        activations = _head_activations(estimator, X)
+        activations = head_activations(estimator, X)
     activations = np.asarray(activations, dtype=np.float64)
     heads = (
-        _default_heads(activations, n_heads)
+        most_varying_heads(activations, n_heads)
         if heads is None
         else [int(h) for h in heads]
     )
-    filled = np.where(np.isfinite(activations), activations, -np.inf)
-    tops = [np.argsort(-filled[:, head], kind="stable")[:n_images] for head in heads]
-    tops = [
-        top[np.isfinite(filled[top, head])]
-        for top, head in zip(tops, heads, strict=True)
-    ]
+    tops = [top_activations(activations, head, n_images) for head in heads]
     shown = np.concatenate(tops + [np.zeros(0, dtype=np.int64)]).astype(np.int64)
     images = _read_images(estimator, X, np.unique(shown))
     by_position = dict(zip(np.unique(shown).tolist(), images, strict=True))
@@ -618,7 +461,7 @@ def plot_head_histogram(estimator, X=None, *, activations=None, bins=40):
     if activations is None:
         if X is None:
             raise ValueError("plot_head_histogram needs X or activations.")
-        activations = _head_activations(estimator, X)
+        activations = head_activations(estimator, X)
     activations = np.asarray(activations, dtype=np.float64)
     activations = activations[np.isfinite(activations).all(axis=1)]
     fig = _new_figure(8.0, 3.0)
@@ -687,20 +530,6 @@ def _two_dimensions(values, method, random_state):
     return coords, "t-SNE"
 
 
-def _thumbnail_positions(coords, n_thumbnails):
-    """Samples spread over the map: the one nearest each cell of a coarse grid."""
-    side = max(1, int(np.ceil(np.sqrt(n_thumbnails))))
-    low, high = coords.min(axis=0), coords.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    cells = np.minimum(((coords - low) / span * side).astype(int), side - 1)
-    chosen = {}
-    centre = (cells + 0.5) / side * span + low
-    distance = np.linalg.norm(coords - centre, axis=1)
-    for index in np.argsort(distance):
-        chosen.setdefault(tuple(cells[index]), int(index))
-    return np.array(sorted(chosen.values())[:n_thumbnails], dtype=np.int64)
-
-
 def plot_embedding_map(
     estimator,
     X,
@@ -728,8 +557,8 @@ def plot_embedding_map(
     X : array-like, list of PIL images or paths, or a directory path
         The data, in any form the estimator accepts.
     labels : ndarray of shape (n_inputs,), default=None
-        Colours; None uses :func:`assign_clusters` (a ContrastiveDisentangler
-        without ``n_clusters`` is drawn in one colour).
+        Colours; None uses :func:`~deepclust.inspection.assign_clusters` (a
+        ContrastiveDisentangler without ``n_clusters`` is drawn in one colour).
     n_clusters : int, default=None
         Number of KMeans clusters for a ContrastiveDisentangler.
     method : {"auto", "tsne", "umap", "pca"}, default="auto"
@@ -765,22 +594,16 @@ def plot_embedding_map(
     """
     if thumbnails:
         _check_image_model(estimator, "thumbnails")
-    n_inputs = _n_inputs(X)
-    positions = np.arange(n_inputs)
-    if n_inputs > max_samples:
-        rng = np.random.default_rng(random_state)
-        positions = np.sort(rng.choice(n_inputs, max_samples, replace=False))
-        X = _take(X, positions)
-        if labels is not None:
-            labels = np.asarray(labels)[positions]
-        if embeddings is not None:
-            embeddings = np.asarray(embeddings)[positions]
-    if labels is None and (_is_clusterer(estimator) or n_clusters is not None):
+    sample, positions, n_inputs = subsample(X, max_samples, random_state)
+    if len(positions) < n_inputs:
+        labels = None if labels is None else np.asarray(labels)[positions]
+        embeddings = None if embeddings is None else np.asarray(embeddings)[positions]
+    if labels is None and (has_own_clusters(estimator) or n_clusters is not None):
         labels, _ = assign_clusters(
-            estimator, X, n_clusters=n_clusters, random_state=random_state
+            estimator, sample, n_clusters=n_clusters, random_state=random_state
         )
     values = (
-        _embeddings(estimator, X)
+        normalized_embeddings(estimator, sample)
         if embeddings is None
         else np.asarray(embeddings, dtype=np.float64)
     )
@@ -789,50 +612,61 @@ def plot_embedding_map(
 
     fig = _new_figure(7.0, 6.0)
     ax = fig.subplots()
-    if labels is None:
-        ax.scatter(coords[:, 0], coords[:, 1], s=6, color="tab:blue")
-    else:
-        shown = np.asarray(labels)[readable]
-        k = int(shown.max()) + 1 if len(shown) else 0
-        cmap = _cluster_colours(k)
-        for cluster in range(k):
-            mask = shown == cluster
-            if mask.any():
-                ax.scatter(
-                    coords[mask, 0],
-                    coords[mask, 1],
-                    s=6,
-                    color=cmap[cluster],
-                    label=str(cluster),
-                )
-        if 0 < k <= 30:
-            ax.legend(
-                title="cluster",
-                fontsize="x-small",
-                markerscale=2,
-                loc="center left",
-                bbox_to_anchor=(1.0, 0.5),
-                frameon=False,
-            )
+    shown = None if labels is None else np.asarray(labels)[readable]
+    _scatter_clusters(ax, coords, shown)
     if thumbnails and readable.any():
-        from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
-        chosen = _thumbnail_positions(coords, n_thumbnails)
-        images = _read_images(estimator, X, np.flatnonzero(readable)[chosen])
-        zoom = 24.0 / max(estimator.image_size_)
-        for index, image in zip(chosen, images, strict=True):
-            box = OffsetImage(
-                np.nan_to_num(image, nan=1.0),
-                cmap="gray" if image.ndim == 2 else None,
-                zoom=zoom,
-                interpolation="nearest",
-            )
-            box.get_children()[0].set_clim(0.0, 1.0)
-            ax.add_artist(AnnotationBbox(box, coords[index], frameon=True, pad=0.1))
+        chosen = thumbnail_positions(coords, n_thumbnails)
+        images = _read_images(estimator, sample, np.flatnonzero(readable)[chosen])
+        _draw_thumbnails(ax, coords[chosen], images, estimator.image_size_)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{name} map of {int(readable.sum())} embeddings")
     return fig
+
+
+def _scatter_clusters(ax, coords, labels):
+    """Points of the map, one colour per cluster (one colour without labels)."""
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=6, color="tab:blue")
+        return
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    cmap = _cluster_colours(k)
+    for cluster in range(k):
+        mask = labels == cluster
+        if mask.any():
+            ax.scatter(
+                coords[mask, 0],
+                coords[mask, 1],
+                s=6,
+                color=cmap[cluster],
+                label=str(cluster),
+            )
+    if 0 < k <= 30:
+        ax.legend(
+            title="cluster",
+            fontsize="x-small",
+            markerscale=2,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
+
+
+def _draw_thumbnails(ax, coords, images, image_size):
+    """Small framed images centred at ``coords`` (NaN pixels blank)."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    zoom = 24.0 / max(image_size)
+    for point, image in zip(coords, images, strict=True):
+        box = OffsetImage(
+            np.nan_to_num(image, nan=1.0),
+            cmap="gray" if image.ndim == 2 else None,
+            zoom=zoom,
+            interpolation="nearest",
+        )
+        box.get_children()[0].set_clim(0.0, 1.0)
+        ax.add_artist(AnnotationBbox(box, point, frameon=True, pad=0.1))
 
 
 def _cluster_colours(k):
@@ -844,11 +678,6 @@ def _cluster_colours(k):
     return [cmap(i) for i in range(k)]
 
 
-# One curve per cluster head would bury the parts of the loss; the head
-# losses only serve to pick the head kept (``head_losses_``).
-_PER_HEAD_LOSS = re.compile(r"cluster_head\d+_loss")
-
-
 def _loss_parts(history):
     """Per-epoch means of the batch-level loss parts, {name: list}."""
     parts = {}
@@ -857,9 +686,12 @@ def _loss_parts(history):
             name
             for batch in epoch["batches"]
             for name in batch
+            # Lists hold one loss per cluster head: they only serve to pick the
+            # head kept (head_losses_), and one curve per head would bury the
+            # parts of the loss.
             if name.endswith("_loss")
             and name != "train_loss"
-            and not _PER_HEAD_LOSS.fullmatch(name)
+            and not isinstance(batch[name], list)
         }
         for name in names:
             values = [batch[name] for batch in epoch["batches"] if name in batch]
@@ -961,7 +793,7 @@ def plot_cluster_sizes(
     """
     if labels is not None:
         labels = np.asarray(labels)
-        k = _n_clusters(estimator, labels, n_clusters)
+        k = n_clusters_of(estimator, labels, n_clusters)
         sizes = np.bincount(labels[labels >= 0], minlength=k)
         source = "labels given"
     elif X is None:
@@ -977,7 +809,7 @@ def plot_cluster_sizes(
             estimator, X, n_clusters=n_clusters, random_state=random_state
         )
         sizes = np.bincount(
-            labels[labels >= 0], minlength=_n_clusters(estimator, labels, n_clusters)
+            labels[labels >= 0], minlength=n_clusters_of(estimator, labels, n_clusters)
         )
         source = "X"
     fig = _new_figure(max(4.0, 0.35 * len(sizes) + 1.5), 3.0)
@@ -1056,7 +888,7 @@ def plot_confusion_matrix(
         )
     keep = labels >= 0
     classes, y_index = np.unique(y_true[keep], return_inverse=True)
-    k = _n_clusters(estimator, labels, n_clusters)
+    k = n_clusters_of(estimator, labels, n_clusters)
     counts = np.zeros((len(classes), k), dtype=np.int64)
     np.add.at(counts, (y_index, labels[keep]), 1)
     rows, columns = linear_sum_assignment(counts, maximize=True)

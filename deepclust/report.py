@@ -8,6 +8,10 @@ script, font or style sheet from elsewhere, so it opens offline and can be
 mailed as one file. Large inputs are sampled (``max_samples``) so that the page
 stays small and quick to make. ``deepclust report MODEL DATA -o report.html``
 and ``deepclust fit ... --report report.html`` call it.
+
+The sample, the clusters and the inputs shown are chosen by
+:mod:`deepclust.inspection`, once; each section of the page is then built by a
+function of its own from the public figures of :mod:`deepclust.plotting`.
 """
 
 # Authors: The deepclust developers
@@ -17,12 +21,21 @@ import base64
 import html
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from deepclust import plotting
+from deepclust._files import atomic_output
 from deepclust._version import __version__
+from deepclust.inspection import (
+    assign_clusters,
+    has_own_clusters,
+    head_activations,
+    normalized_embeddings,
+    subsample,
+)
 
 __all__ = ["write_report"]
 
@@ -140,17 +153,81 @@ def write_report(
     3
     """
     start = time.perf_counter()
+    shown = _inspect(estimator, X, y, n_clusters, max_samples, random_state)
+    sections = [
+        _sizes_section(shown),
+        _clusters_section(shown, n_images, n_borderline),
+        _map_section(shown, map_samples, random_state),
+        _curves_section(shown),
+        _heads_section(shown, n_heads, n_images),
+        _confusion_section(shown),
+        _parameters_section(shown),
+    ]
+    summary = _summary_rows(shown, fit_seconds)
+    summary.append(
+        (
+            "report",
+            f"deepclust {__version__}, made in {time.perf_counter() - start:.1f} s",
+        )
+    )
+    page = _page(
+        title or f"deepclust report: {shown.name}",
+        summary,
+        shown.notes,
+        [section for section in sections if section is not None],
+    )
     path = Path(path)
-    name = type(estimator).__name__
-    image_model = getattr(estimator, "input_kind_", None) == "image"
-    is_clusterer = hasattr(estimator, "predict_proba")
-    n_inputs = plotting._n_inputs(X)
-    rng = np.random.default_rng(random_state)
-    positions = np.arange(n_inputs)
-    if n_inputs > max_samples:
-        positions = np.sort(rng.choice(n_inputs, max_samples, replace=False))
-    # A folder becomes its list of files, so that unreadable ones can be named.
-    sample = plotting._take(X, positions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A failure part-way (a full disk) leaves the previous report whole.
+    with atomic_output(path, "w", encoding="utf-8") as file:
+        file.write(page)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# What is shown
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Shown:
+    """The sample of the inputs that the report shows, and its clusters."""
+
+    estimator: object
+    sample: object  # the sampled inputs (a list of files for a folder)
+    positions: np.ndarray  # their positions in X
+    n_inputs: int
+    y: np.ndarray | None  # true classes of the sample
+    embeddings: np.ndarray  # L2-normalised; NaN rows: unreadable
+    labels: np.ndarray
+    confidence: np.ndarray
+    n_clusters: int
+    notes: list  # how the clusters were made, in sentences
+
+    @property
+    def name(self):
+        return type(self.estimator).__name__
+
+    @property
+    def image_model(self):
+        return getattr(self.estimator, "input_kind_", None) == "image"
+
+    @property
+    def readable(self):
+        return np.isfinite(self.embeddings).all(axis=1)
+
+    @property
+    def sampled(self):
+        return len(self.positions) < self.n_inputs
+
+    @property
+    def sizes(self):
+        return np.bincount(self.labels[self.labels >= 0], minlength=self.n_clusters)
+
+
+def _inspect(estimator, X, y, n_clusters, max_samples, random_state):
+    """Sample X, embed the sample and assign its clusters (see write_report)."""
+    sample, positions, n_inputs = subsample(X, max_samples, random_state)
     if y is not None:
         y = np.asarray(y)
         if len(y) != n_inputs:
@@ -158,240 +235,46 @@ def write_report(
                 f"y has {len(y)} labels for {n_inputs} inputs; one per input is needed."
             )
         y = y[positions]
-
-    embeddings = plotting._embeddings(estimator, sample)
-    readable = np.isfinite(embeddings).all(axis=1)
-    notes = []
-    if is_clusterer:
-        labels, confidence = plotting.assign_clusters(estimator, sample)
-        k = estimator.n_clusters
-        how = (
+    embeddings = normalized_embeddings(estimator, sample)
+    name = type(estimator).__name__
+    if has_own_clusters(estimator):
+        labels, confidence = assign_clusters(estimator, sample)
+        n_clusters = estimator.n_clusters
+        notes = [
             f"The clusters are {name}'s own; confidence is the top probability of "
-            "predict_proba"
-        )
+            "predict_proba."
+        ]
     else:
+        notes = []
         if n_clusters is None:
+            readable = np.isfinite(embeddings).all(axis=1)
             n_clusters, choice = _choose_k(embeddings[readable], random_state)
             notes.append(choice)
-        labels, confidence = plotting._kmeans_clusters(
-            embeddings, n_clusters, random_state
+        labels, confidence = assign_clusters(
+            estimator,
+            sample,
+            n_clusters=n_clusters,
+            random_state=random_state,
+            embeddings=embeddings,
         )
-        k = n_clusters
-        how = (
+        notes.insert(
+            0,
             f"{name} has no clusters of its own: its L2-normalised backbone "
-            f"embeddings are clustered by KMeans into {k}; confidence is 1 - d1/d2 "
-            "(distances to the nearest and second nearest centres)"
+            f"embeddings are clustered by KMeans into {n_clusters}; confidence is "
+            "1 - d1/d2 (distances to the nearest and second nearest centres).",
         )
-
-    parts = [f"<p class='note'>{html.escape(how)}.</p>"]
-    parts += [f"<p class='note'>{html.escape(note)}</p>" for note in notes]
-    nav = [("summary", "Summary"), ("sizes", "Cluster sizes")]
-
-    sizes = np.bincount(labels[labels >= 0], minlength=k)
-    sections = []
-    sections.append(
-        (
-            "sizes",
-            "Cluster sizes",
-            _img(
-                _png(
-                    plotting.plot_cluster_sizes(estimator, labels=labels, n_clusters=k)
-                ),
-                "cluster sizes",
-            ),
-        )
-    )
-    nav.append(("clusters", "Clusters"))
-    clusters_html = []
-    for cluster in range(k):
-        members = labels == cluster
-        body = ""
-        if not members.any():
-            summary = "empty: no sample falls in it"
-        else:
-            summary = (
-                f"{int(sizes[cluster])} samples, mean confidence "
-                f"{np.nanmean(confidence[members]):.2f}"
-            )
-            if image_model:
-                fig = plotting.plot_cluster_gallery(
-                    estimator,
-                    sample,
-                    n_images=n_images,
-                    n_borderline=n_borderline,
-                    clusters=[cluster],
-                    labels=labels,
-                    confidence=confidence,
-                    n_clusters=k,
-                )
-                body = _img(_png(fig), f"cluster {cluster}")
-        clusters_html.append(
-            f'<section class="cluster" id="cluster-{cluster}">'
-            f"<h3>Cluster {cluster}</h3><p class='note'>{html.escape(summary)}</p>"
-            f"{body}</section>"
-        )
-    intro = (
-        "Each cluster's most confident samples, then its least confident ones "
-        "(framed in orange); the number over an image is its confidence."
-        if image_model
-        else "Tabular data: no images to show."
-    )
-    sections.append(
-        (
-            "clusters",
-            "Clusters",
-            f"<p class='note'>{intro}</p>" + "".join(clusters_html),
-        )
-    )
-    map_fig = plotting.plot_embedding_map(
-        estimator,
-        sample,
-        labels=labels,
+    return _Shown(
+        estimator=estimator,
+        sample=sample,
+        positions=positions,
+        n_inputs=n_inputs,
+        y=y,
         embeddings=embeddings,
-        thumbnails=image_model,
-        max_samples=map_samples,
-        random_state=random_state,
+        labels=labels,
+        confidence=confidence,
+        n_clusters=n_clusters,
+        notes=notes,
     )
-    sections.append(("map", "Map of the embeddings", _img(_png(map_fig), "map")))
-    nav.append(("map", "Map"))
-    sections.append(
-        (
-            "curves",
-            "Training curves",
-            _img(_png(plotting.plot_training_curves(estimator)), "curves"),
-        )
-    )
-    nav.append(("curves", "Training"))
-    if not is_clusterer and hasattr(estimator, "n_heads"):
-        activations = plotting._head_activations(estimator, sample)
-        body = ""
-        if image_model:
-            body += (
-                "<p class='note'>The images on which each head is most active, for "
-                "the heads whose activation varies most.</p>"
-            )
-            body += _img(
-                _png(
-                    plotting.plot_head_gallery(
-                        estimator,
-                        sample,
-                        n_heads=n_heads,
-                        n_images=n_images,
-                        activations=activations,
-                    )
-                ),
-                "head gallery",
-            )
-        body += _img(
-            _png(plotting.plot_head_histogram(estimator, activations=activations)),
-            "head activations",
-        )
-        sections.append(("heads", "Feature heads", body))
-        nav.append(("heads", "Heads"))
-    if y is not None:
-        sections.append(
-            (
-                "confusion",
-                "Against the true classes",
-                _img(
-                    _png(
-                        plotting.plot_confusion_matrix(
-                            estimator, None, y, labels=labels, n_clusters=k
-                        )
-                    ),
-                    "confusion matrix",
-                ),
-            )
-        )
-        nav.append(("confusion", "Confusion"))
-    params = estimator.get_params()
-    sections.append(
-        (
-            "parameters",
-            "Parameters",
-            _table((key, repr(value)) for key, value in sorted(params.items())),
-        )
-    )
-    nav.append(("parameters", "Parameters"))
-
-    unreadable = int((~readable).sum())
-    training = _training_time(estimator)
-    summary_rows = [
-        ("model", name),
-        (
-            "input",
-            getattr(estimator, "input_kind_", "?")
-            + (
-                f", {estimator.image_size_[0]}x{estimator.image_size_[1]} px, "
-                f"{estimator.n_channels_} channel(s)"
-                if image_model
-                else ""
-            ),
-        ),
-        (
-            "inputs",
-            f"{n_inputs}"
-            + (
-                f" (a random sample of {len(positions)} is shown)"
-                if len(positions) < n_inputs
-                else ""
-            ),
-        ),
-        (
-            "clusters",
-            f"{k} ({', '.join(str(int(s)) for s in sizes)} samples"
-            + (" in the sample" if len(positions) < n_inputs else "")
-            + ")",
-        ),
-        ("epochs trained", getattr(estimator, "n_epochs_", "?")),
-        ("training time", f"{training:.1f} s" if training is not None else "unknown"),
-    ]
-    if fit_seconds is not None:
-        summary_rows.append(("fit wall time", f"{fit_seconds:.1f} s"))
-    if hasattr(estimator, "cluster_sizes_"):
-        summary_rows.append(
-            (
-                "training cluster sizes",
-                ", ".join(str(int(s)) for s in estimator.cluster_sizes_),
-            )
-        )
-    if unreadable:
-        summary_rows.append(("unreadable inputs", _unreadable(X, sample, readable)))
-    summary_rows.append(
-        (
-            "report",
-            f"deepclust {__version__}, made in {time.perf_counter() - start:.1f} s",
-        )
-    )
-
-    page_title = title or f"deepclust report: {name}"
-    body = [
-        f"<h1>{html.escape(page_title)}</h1>",
-        "<nav>"
-        + "".join(
-            f'<a href="#{anchor}">{html.escape(text)}</a>' for anchor, text in nav
-        )
-        + "</nav>",
-        '<h2 id="summary">Summary</h2>',
-        _table(summary_rows),
-        *parts,
-    ]
-    body += [
-        f'<h2 id="{anchor}">{html.escape(heading)}</h2>{content}'
-        for anchor, heading, content in sections
-    ]
-    page = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        # No request may leave the file: the policy blocks any that a later
-        # edit would add by mistake.
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
-        "img-src data:; style-src 'unsafe-inline'\">"
-        f"<title>{html.escape(page_title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{''.join(body)}</body></html>\n"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 def _choose_k(embeddings, random_state):
@@ -418,7 +301,167 @@ def _choose_k(embeddings, random_state):
     )
 
 
-def _unreadable(X, sample, readable):
+# ---------------------------------------------------------------------------
+# Sections: (anchor, link text, heading, HTML), or None when not shown
+# ---------------------------------------------------------------------------
+
+
+def _sizes_section(shown):
+    fig = plotting.plot_cluster_sizes(
+        shown.estimator, labels=shown.labels, n_clusters=shown.n_clusters
+    )
+    return ("sizes", "Cluster sizes", "Cluster sizes", _img(_png(fig), "cluster sizes"))
+
+
+def _clusters_section(shown, n_images, n_borderline):
+    intro = (
+        "Each cluster's most confident samples, then its least confident ones "
+        "(framed in orange); the number over an image is its confidence."
+        if shown.image_model
+        else "Tabular data: no images to show."
+    )
+    clusters = "".join(
+        _cluster_html(shown, cluster, n_images, n_borderline)
+        for cluster in range(shown.n_clusters)
+    )
+    return (
+        "clusters",
+        "Clusters",
+        "Clusters",
+        f"<p class='note'>{intro}</p>{clusters}",
+    )
+
+
+def _cluster_html(shown, cluster, n_images, n_borderline):
+    """One cluster's section: its size, mean confidence and gallery."""
+    members = shown.labels == cluster
+    body = ""
+    if not members.any():
+        summary = "empty: no sample falls in it"
+    else:
+        summary = (
+            f"{int(members.sum())} samples, mean confidence "
+            f"{np.nanmean(shown.confidence[members]):.2f}"
+        )
+        if shown.image_model:
+            fig = plotting.plot_cluster_gallery(
+                shown.estimator,
+                shown.sample,
+                n_images=n_images,
+                n_borderline=n_borderline,
+                clusters=[cluster],
+                labels=shown.labels,
+                confidence=shown.confidence,
+                n_clusters=shown.n_clusters,
+            )
+            body = _img(_png(fig), f"cluster {cluster}")
+    return (
+        f'<section class="cluster" id="cluster-{cluster}">'
+        f"<h3>Cluster {cluster}</h3><p class='note'>{html.escape(summary)}</p>"
+        f"{body}</section>"
+    )
+
+
+def _map_section(shown, map_samples, random_state):
+    fig = plotting.plot_embedding_map(
+        shown.estimator,
+        shown.sample,
+        labels=shown.labels,
+        embeddings=shown.embeddings,
+        thumbnails=shown.image_model,
+        max_samples=map_samples,
+        random_state=random_state,
+    )
+    return ("map", "Map", "Map of the embeddings", _img(_png(fig), "map"))
+
+
+def _curves_section(shown):
+    fig = plotting.plot_training_curves(shown.estimator)
+    return ("curves", "Training", "Training curves", _img(_png(fig), "curves"))
+
+
+def _heads_section(shown, n_heads, n_images):
+    estimator = shown.estimator
+    if has_own_clusters(estimator) or not hasattr(estimator, "n_heads"):
+        return None
+    activations = head_activations(estimator, shown.sample)
+    body = ""
+    if shown.image_model:
+        fig = plotting.plot_head_gallery(
+            estimator,
+            shown.sample,
+            n_heads=n_heads,
+            n_images=n_images,
+            activations=activations,
+        )
+        body += (
+            "<p class='note'>The images on which each head is most active, for "
+            "the heads whose activation varies most.</p>"
+        )
+        body += _img(_png(fig), "head gallery")
+    fig = plotting.plot_head_histogram(estimator, activations=activations)
+    body += _img(_png(fig), "head activations")
+    return ("heads", "Heads", "Feature heads", body)
+
+
+def _confusion_section(shown):
+    if shown.y is None:
+        return None
+    fig = plotting.plot_confusion_matrix(
+        shown.estimator, None, shown.y, labels=shown.labels, n_clusters=shown.n_clusters
+    )
+    return (
+        "confusion",
+        "Confusion",
+        "Against the true classes",
+        _img(_png(fig), "confusion matrix"),
+    )
+
+
+def _parameters_section(shown):
+    params = sorted(shown.estimator.get_params().items())
+    rows = _table((key, repr(value)) for key, value in params)
+    return ("parameters", "Parameters", "Parameters", rows)
+
+
+# ---------------------------------------------------------------------------
+# Summary and page
+# ---------------------------------------------------------------------------
+
+
+def _summary_rows(shown, fit_seconds):
+    """(name, value) rows of the summary table, the unreadable inputs last."""
+    estimator = shown.estimator
+    inputs = getattr(estimator, "input_kind_", "?")
+    if shown.image_model:
+        height, width = estimator.image_size_
+        inputs += f", {height}x{width} px, {estimator.n_channels_} channel(s)"
+    count = f"{shown.n_inputs}"
+    if shown.sampled:
+        count += f" (a random sample of {len(shown.positions)} is shown)"
+    sizes = ", ".join(str(int(s)) for s in shown.sizes)
+    where = " in the sample" if shown.sampled else ""
+    training = _training_time(estimator)
+    rows = [
+        ("model", shown.name),
+        ("input", inputs),
+        ("inputs", count),
+        ("clusters", f"{shown.n_clusters} ({sizes} samples{where})"),
+        ("epochs trained", getattr(estimator, "n_epochs_", "?")),
+        ("training time", f"{training:.1f} s" if training is not None else "unknown"),
+    ]
+    if fit_seconds is not None:
+        rows.append(("fit wall time", f"{fit_seconds:.1f} s"))
+    if hasattr(estimator, "cluster_sizes_"):
+        training_sizes = ", ".join(str(int(s)) for s in estimator.cluster_sizes_)
+        rows.append(("training cluster sizes", training_sizes))
+    if not shown.readable.all():
+        rows.append(("unreadable inputs", _unreadable(shown.sample, shown.readable)))
+    return rows
+
+
+def _unreadable(sample, readable):
+    """How many inputs of the sample are unreadable and, for files, which."""
     files = None
     if isinstance(sample, (list, tuple)) and all(isinstance(s, str) for s in sample):
         files = sample
@@ -430,3 +473,34 @@ def _unreadable(X, sample, readable):
         if len(positions) > _MAX_LISTED_UNREADABLE:
             text += ", ..."
     return text
+
+
+def _page(title, summary_rows, notes, sections):
+    """The whole HTML page: title, links, summary, notes, then the sections."""
+    links = [("summary", "Summary")] + [
+        (anchor, link) for anchor, link, _, _ in sections
+    ]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<nav>"
+        + "".join(
+            f'<a href="#{anchor}">{html.escape(text)}</a>' for anchor, text in links
+        )
+        + "</nav>",
+        '<h2 id="summary">Summary</h2>',
+        _table(summary_rows),
+        *[f"<p class='note'>{html.escape(note)}</p>" for note in notes],
+    ]
+    body += [
+        f'<h2 id="{anchor}">{html.escape(heading)}</h2>{content}'
+        for anchor, _, heading, content in sections
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        # No request may leave the file: the policy blocks any that a later
+        # edit would add by mistake.
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
+        "img-src data:; style-src 'unsafe-inline'\">"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )

@@ -86,6 +86,28 @@ class Context:
         self.empty_dir.mkdir()
         (self.empty_dir / "notes.txt").write_text("no images here")
         self.missing = str(self.root / "missing.png")
+        # A folder of images with a link to a file that is gone, a link that
+        # points at itself, and a FIFO (opening it would wait for a writer).
+        self.links = self.root / "with_links"
+        self.links.mkdir()
+        for i, path in enumerate(self.ok):
+            (self.links / f"ok_{i}.png").write_bytes(Path(path).read_bytes())
+        (self.links / "broken.png").symlink_to("gone.png")
+        self.loop = str(self.root / "loop.png")
+        os.symlink("loop.png", self.loop)
+        self.fifo = str(self.root / "pipe.png")
+        os.mkfifo(self.fifo)
+        # 32-bit TIFFs (PIL modes "F" and "I") and an EXIF-rotated JPEG.
+        ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+        self.unit_tiff = self._image("unit.tif", ramp)
+        self.float_tiff = self._image("float.tif", ramp * 301 - 1)
+        self.int_tiff = self._image("int.tif", (ramp * 70000).astype(np.int32))
+        exif = Image.Exif()
+        exif[0x0112] = 6  # displayed turned 90 degrees clockwise
+        self.rotated = str(self.root / "rotated.jpg")
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            self.rotated, exif=exif
+        )
 
     def _image(self, name, array):
         path = self.root / name
@@ -545,6 +567,107 @@ CASES = [
         UserWarning,
         r"Skipped 2 image file\(s\).*'<tmp>/corrupt.png'.*'<tmp>/truncated.png'",
         params={"on_error": "skip"},
+    ),
+    Case(
+        "vanished-skip",
+        "file removed after it was listed, with on_error='skip'",
+        "fit",
+        lambda c: [*c.ok, c.missing],
+        SkippedInputsWarning,
+        r"Skipped 1 image file\(s\) of X that cannot be read.*'<tmp>/missing.png' "
+        r"\(FileNotFoundError: no such file",
+        params={"on_error": "skip"},
+    ),
+    Case(
+        "broken-link",
+        "broken symbolic link in a folder",
+        "fit",
+        lambda c: c.links,
+        InputError,
+        r"1 path\(s\) that do not exist: '<tmp>/with_links/broken.png' \(broken "
+        r"symbolic link\)",
+    ),
+    Case(
+        "broken-link-skip",
+        "broken symbolic link in a folder with on_error='skip'",
+        "fit",
+        lambda c: c.links,
+        SkippedInputsWarning,
+        r"Skipped 1 image file\(s\) .*broken.png' \(FileNotFoundError: broken "
+        r"symbolic link to 'gone.png'\)",
+        params={"on_error": "skip"},
+    ),
+    Case(
+        "broken-link-predict",
+        "broken symbolic link in a folder",
+        "predict",
+        lambda c: c.links,
+        InputError,
+        r"do not exist: '<tmp>/with_links/broken.png'",
+        kind="image",
+        targets=ALL,
+    ),
+    Case(
+        "link-loop",
+        "symbolic link loop named like an image",
+        "fit",
+        lambda c: [*c.ok, c.loop],
+        CorruptImageError,
+        r"cannot be read: '<tmp>/loop.png' \(OSError: Too many levels of symbolic "
+        r"links\)",
+    ),
+    Case(
+        "fifo",
+        "FIFO (named pipe) named like an image",
+        "fit",
+        lambda c: [*c.ok, c.fifo],
+        CorruptImageError,
+        r"'<tmp>/pipe.png' \(not a regular file: a FIFO, device or socket\)",
+    ),
+    Case(
+        "float-tiff-range",
+        "32-bit float TIFF with values beyond [0, 255]",
+        "fit",
+        lambda c: [*c.ok, c.float_tiff],
+        CorruptImageError,
+        r"mode 'F'\) with values in \[-1, 300\]: only values in \[0, 1\]",
+    ),
+    Case(
+        "int-tiff-range",
+        "32-bit integer TIFF with values beyond [0, 65535]",
+        "fit",
+        lambda c: [*c.ok, c.int_tiff],
+        CorruptImageError,
+        r"mode 'I'\) with values in \[0, 70000\]: only values in \[0, 65535\]",
+    ),
+    Case(
+        "float-tiff-unit",
+        "32-bit float TIFF with values in [0, 1]",
+        "fit",
+        lambda c: [*c.ok, c.unit_tiff],
+        None,
+        "accepted: scaled from [0, 1] to [0, 255] (values within [0, 255] are kept, "
+        "32-bit integers are scaled from [0, 65535])",
+    ),
+    Case(
+        "exif-rotated",
+        "JPEG with an EXIF orientation",
+        "fit",
+        lambda c: [*c.ok, c.rotated],
+        None,
+        "accepted: turned upright as its EXIF orientation says",
+    ),
+    # Scales
+    Case(
+        "unit-floats-for-uint8-model",
+        "float images in [0, 1] for a model fitted on uint8 images",
+        "predict",
+        lambda c: IMAGES[:3] / 255.0,
+        InputError,
+        r"look like images scaled to \[0, 1\], but the model expects values in "
+        r"\[0, 255\] as it was fitted on uint8 images; pass \(X \* 255\)",
+        kind="image",
+        targets=ALL,
     ),
     # Dtypes
     Case(

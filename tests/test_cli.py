@@ -6,7 +6,10 @@ and exit status.
 """
 
 import csv
+import errno
 import io
+import os
+import pickle
 import re
 import subprocess
 import sys
@@ -210,7 +213,11 @@ def test_joblib_format_and_cd_model(workdir, fitted):
     assert isinstance(estimator, ContrastiveDisentangler)
     assert estimator.n_heads == 5 and estimator.image_size_ == (6, 6)
     image = str(Path("images") / "f01.png")
-    result = run("predict", "cd.joblib", image, "--decimals", "3", cwd=workdir)
+    refused = run("predict", "cd.joblib", image, cwd=workdir, check=False)
+    assert refused.returncode == 1 and "--allow-pickle" in refused.stderr
+    result = run(
+        "predict", "cd.joblib", image, "--decimals", "3", "--allow-pickle", cwd=workdir
+    )
     header, rows = read_csv(result.stdout)
     assert header == ["file", "status", *[f"head_{i}" for i in range(5)], "error"]
     assert [row[:2] for row in rows] == [[image, "ok"]]
@@ -270,7 +277,15 @@ def test_predict_npy_rows(workdir, fitted, tmp_path):
             ["predict", "junk.onnx", "images"],
             "'junk.onnx' could not be loaded as an ONNX",
         ),
+        (
+            ["predict", "fake.onnx", "images"],
+            "MODEL 'fake.onnx' is not a deepclust model: its content is neither",
+        ),
         (["predict", "cdc-model", "notes.txt"], "DATA 'notes.txt' is neither a folder"),
+        (
+            ["predict", "cdc.onnx", "images", "--csv", "no/such/out.csv"],
+            "--csv 'no/such/out.csv': the folder",
+        ),
         (
             ["export", "cdc.onnx", "again.onnx"],
             "MODEL 'cdc.onnx' is already an ONNX file",
@@ -288,7 +303,9 @@ def test_predict_npy_rows(workdir, fitted, tmp_path):
         "missing-model",
         "not-a-model",
         "invalid-onnx",
+        "onnx-name-only",
         "data-not-images",
+        "csv-missing-folder",
         "export-onnx",
         "export-missing-model",
     ],
@@ -298,7 +315,9 @@ def test_user_mistakes_give_one_line(workdir, fitted, args, expected):
     # with status 1 and shows no traceback.
     (workdir / "empty").mkdir(exist_ok=True)
     (workdir / "notes.txt").write_text("not a model")
-    (workdir / "junk.onnx").write_bytes(b"\x00not an onnx file")
+    # Starts like an ONNX model (field 1, ir_version) but is not one.
+    (workdir / "junk.onnx").write_bytes(b"\x08\x09not an onnx file")
+    (workdir / "fake.onnx").write_bytes(b"\x00not an onnx file")
     result = run(*args, cwd=workdir, check=False)
     assert result.returncode == 1
     lines = [
@@ -626,3 +645,386 @@ def test_select_k_usage_error(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert "argument --k-min: expected an integer >= 2, got '1'" in lines[0]
+
+
+# ---------------------------------------------------------------------------
+# Nothing run: pickles are loaded only with --allow-pickle
+# ---------------------------------------------------------------------------
+
+
+class _Payload:
+    """An object whose unpickling creates the file ``marker`` (runs code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def _plant_pickles(folder, marker):
+    """Pickles that would create ``marker``, raw and compressed, named as models."""
+    payload = _Payload(marker)
+    planted = []
+    for name, protocol in [
+        ("model.safetensors", 5),
+        ("model", 4),
+        ("weights.bin", 3),
+        ("x.onnx", 2),
+        ("x.joblib", 5),
+    ]:
+        (folder / name).write_bytes(pickle.dumps(payload, protocol=protocol))
+        planted.append(folder / name)
+    for method in ["zlib", "gzip", "bz2", "xz", "lzma"]:
+        path = folder / f"{method}.safetensors"
+        joblib.dump(payload, path, compress=(method, 3))
+        planted.append(path)
+    return planted
+
+
+def test_pickles_are_never_loaded_without_allow_pickle(
+    workdir, tmp_path, monkeypatch, capsys
+):
+    # Check that a pickle given as MODEL is told by its content, whatever its
+    # name, and refused on one line that names --allow-pickle: the code it holds
+    # never runs. --allow-pickle is the one way to unpickle it.
+    marker = tmp_path / "code-ran"
+    monkeypatch.chdir(workdir)
+    for path in _plant_pickles(tmp_path, marker):
+        for args in [
+            ["predict", path, "images"],
+            ["export", path, tmp_path / "m.onnx"],
+            ["report", path, "images", "-o", tmp_path / "r.html"],
+            ["select-k", "images", "--from-model", path],
+        ]:
+            assert main([str(arg) for arg in args]) == 1
+            assert not marker.exists(), (path.name, args[0])
+            lines = capsys.readouterr().err.splitlines()
+            assert len(lines) == 1, lines
+            flag = "--from-model" if args[0] == "select-k" else "MODEL"
+            assert f"{flag} {str(path)!r} is a joblib (pickle) file" in lines[0]
+            assert "pass --allow-pickle to load it if you trust the file" in lines[0]
+    assert main(["predict", str(tmp_path / "model"), "images", "--allow-pickle"]) == 1
+    assert "not a deepclust model" in capsys.readouterr().err
+    assert marker.exists()
+
+
+def test_allow_pickle_has_help_saying_why():
+    # Check that the help of --allow-pickle says that unpickling runs code.
+    result = _help_in_fresh_process(["predict", "--help"], ["export", "--help"])
+    assert result.stdout.strip() == "False"
+    help_text = " ".join(result.stderr.split())
+    assert help_text.count("--allow-pickle also load MODEL when it is a joblib") == 2
+    assert "unpickling runs code from the file, so only for files you trust" in (
+        help_text
+    )
+
+
+# ---------------------------------------------------------------------------
+# Nothing lost: outputs are replaced only when a run succeeds
+# ---------------------------------------------------------------------------
+
+_OLD_CSV = b"file,status\r\n" + b"".join(b"old%d.png,ok\r\n" % i for i in range(100))
+
+
+def _copy_readable_images(workdir, folder, n=5):
+    folder.mkdir()
+    for i in range(1, n + 1):
+        (folder / f"f{i:02d}.png").write_bytes(
+            (workdir / "images" / f"f{i:02d}.png").read_bytes()
+        )
+    return folder
+
+
+def test_failed_predict_keeps_the_previous_csv(workdir, fitted, tmp_path, capsys):
+    # Check that a run stopped part-way by an unreadable file (--on-error raise)
+    # leaves the previous CSV byte for byte and no temporary file.
+    data = _copy_readable_images(workdir, tmp_path / "data")
+    (data / "zz_last.png").write_bytes(b"not an image")
+    out = tmp_path / "out.csv"
+    out.write_bytes(_OLD_CSV)
+    args = ["predict", workdir / "cdc.onnx", data, "--csv", out, "--batch-size", "2"]
+    assert main([str(arg) for arg in args]) == 1
+    assert "zz_last.png" in capsys.readouterr().err
+    assert out.read_bytes() == _OLD_CSV
+    assert sorted(os.listdir(tmp_path)) == ["data", "out.csv"]
+    # A successful run replaces it.
+    assert main([str(arg) for arg in args[:5]] + ["--on-error", "skip"]) == 0
+    _, rows = read_csv(out.read_text())
+    assert len(rows) == 6 and rows[-1][:2] == ["zz_last.png", "unreadable"]
+    assert sorted(os.listdir(tmp_path)) == ["data", "out.csv"]
+
+
+def _full_disk_after(n_calls, real):
+    """``real`` wrapped to raise ENOSPC from its ``n_calls + 1``-th call on."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > n_calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def test_full_disk_during_predict_keeps_the_csv(
+    workdir, fitted, tmp_path, monkeypatch, capsys
+):
+    # Check that a write failing part-way (a full disk) leaves the previous CSV
+    # and no temporary file, with the OS message unchanged on one line.
+    real_writer = csv.writer
+
+    class HalfWriter:
+        def __init__(self, file):
+            self.writerow = _full_disk_after(3, real_writer(file).writerow)
+
+    monkeypatch.setattr(csv, "writer", HalfWriter)
+    out = tmp_path / "out.csv"
+    out.write_bytes(_OLD_CSV)
+    args = ["predict", workdir / "cdc.onnx", workdir / "images", "--csv", out]
+    assert main([str(arg) for arg in [*args, "--on-error", "skip", "--quiet"]]) == 1
+    assert out.read_bytes() == _OLD_CSV
+    assert os.listdir(tmp_path) == ["out.csv"]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["deepclust predict: error: [Errno 28] No space left on device"]
+
+
+def test_failed_joblib_dump_keeps_the_previous_model(
+    workdir, tmp_path, monkeypatch, capsys
+):
+    # Check that 'fit --format joblib' failing while it writes leaves the previous
+    # file whole and no temporary file.
+    def half_dump(value, filename, **kwargs):
+        Path(filename).write_bytes(b"\x80\x05half a pickle")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(joblib, "dump", half_dump)
+    output = tmp_path / "cd.joblib"
+    output.write_bytes(b"the previous model")
+    monkeypatch.chdir(workdir)
+    code = main(
+        ["fit", "images", "--model", "cd", "--epochs", "1", "--on-error", "skip",
+         "--param", "n_heads=4", "--param", "backbone=mlp", "--image-size", "6",
+         "-o", str(output), "--quiet"]
+    )  # fmt: skip
+    assert code == 1
+    assert output.read_bytes() == b"the previous model"
+    assert os.listdir(tmp_path) == ["cd.joblib"]
+    assert "No space left on device" in capsys.readouterr().err
+
+
+def test_failed_plot_keeps_the_previous_image(tmp_path, monkeypatch, capsys):
+    # Check that 'select-k --plot' failing while it saves leaves the previous
+    # image whole and no temporary file.
+    figure = pytest.importorskip("matplotlib.figure")
+    from sklearn.datasets import make_blobs
+
+    def half_savefig(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(figure.Figure, "savefig", half_savefig)
+    X, _ = make_blobs(n_samples=60, centers=3, n_features=2, random_state=0)
+    np.save(tmp_path / "features.npy", X)
+    (tmp_path / "k.png").write_bytes(b"the previous plot")
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["select-k", "features.npy", "--features", "precomputed", "--k-max", "3",
+         "--resamples", "2", "--plot", "k.png"]
+    )  # fmt: skip
+    assert code == 1
+    assert (tmp_path / "k.png").read_bytes() == b"the previous plot"
+    assert sorted(os.listdir(tmp_path)) == ["features.npy", "k.png"]
+    assert "No space left on device" in capsys.readouterr().err
+
+
+def test_plot_format_follows_the_output_name(tmp_path, monkeypatch, capsys):
+    # Check that the plot, written through a temporary file, has the format of
+    # its name (an SVG for k.svg), and a PNG when the name has no suffix.
+    pytest.importorskip("matplotlib")
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=60, centers=3, n_features=2, random_state=0)
+    np.save(tmp_path / "features.npy", X)
+    monkeypatch.chdir(tmp_path)
+    for name in ["k.svg", "plot"]:
+        run_in_process(
+            "select-k", "features.npy", "--features", "precomputed", "--k-max", "3",
+            "--resamples", "2", "--plot", name,
+            cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
+        )  # fmt: skip
+    assert b"<svg" in (tmp_path / "k.svg").read_bytes()[:500]
+    assert (tmp_path / "plot").read_bytes().startswith(b"\x89PNG")
+    assert sorted(os.listdir(tmp_path)) == ["features.npy", "k.svg", "plot"]
+
+
+def test_failed_report_keeps_the_previous_report(
+    workdir, fitted, tmp_path, monkeypatch, capsys
+):
+    # Check that 'report' failing while it writes the page (here a character
+    # that cannot be encoded) leaves the previous report whole and no temporary
+    # file.
+    pytest.importorskip("matplotlib")
+    from deepclust import report
+
+    monkeypatch.setattr(report, "_STYLE", "\ud800")
+    output = tmp_path / "r.html"
+    output.write_bytes(b"<html>the previous report</html>")
+    monkeypatch.chdir(workdir)
+    assert main(["report", "cdc-model", "images", "-o", str(output)]) == 1
+    errors = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if not line.startswith("deepclust: warning:")
+    ]
+    assert len(errors) == 1 and errors[0].startswith("deepclust report: error: ")
+    assert output.read_bytes() == b"<html>the previous report</html>"
+    assert os.listdir(tmp_path) == ["r.html"]
+
+
+# ---------------------------------------------------------------------------
+# Files that vanish, odd names and links
+# ---------------------------------------------------------------------------
+
+
+def test_file_removed_after_listing_gets_an_unreadable_row(
+    workdir, fitted, tmp_path, monkeypatch, capsys
+):
+    # Check that a file deleted between the listing of DATA and its reading is
+    # an unreadable row with --on-error skip, and a one-line error otherwise.
+    from deepclust import cli
+
+    data = _copy_readable_images(workdir, tmp_path / "data")
+    real_listing = cli._data_argument
+
+    def listing_then_removal(path):
+        files = real_listing(path)
+        if os.path.exists(files[2]):
+            os.remove(files[2])
+        return files
+
+    monkeypatch.setattr(cli, "_data_argument", listing_then_removal)
+    out, _ = run_in_process(
+        "predict", workdir / "cdc.onnx", data, "--on-error", "skip",
+        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    _, rows = read_csv(out)
+    assert [row[1] for row in rows] == ["ok", "ok", "unreadable", "ok", "ok"]
+    assert rows[2][0] == "f03.png"
+    assert rows[2][-1].startswith("FileNotFoundError: no such file")
+    (data / "f03.png").write_bytes((data / "f01.png").read_bytes())
+    assert main(["predict", str(workdir / "cdc.onnx"), str(data)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "DATA has 1 path(s) that do not exist" in lines[0]
+
+
+def test_non_utf8_file_names_keep_their_bytes(workdir, fitted, tmp_path):
+    # Check that a file name that is not valid UTF-8 does not stop the CSV after
+    # the header: every row is written, the name with its exact bytes, in the
+    # --csv file and on standard output.
+    data = _copy_readable_images(workdir, tmp_path / "data", n=2)
+    raw_name = b"caf\xe9 \xff.png"  # Latin-1, not UTF-8
+    try:
+        os.rename(data / "f01.png", os.path.join(os.fsencode(data), raw_name))
+        (data / "zz\udcff.png").write_bytes(b"not an image")  # b"zz\xff.png"
+    except (OSError, UnicodeError):
+        pytest.skip("the file system takes UTF-8 names only")
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONUTF8": "0"}
+    command = [sys.executable, "-m", "deepclust", "predict", "cdc.onnx", str(data),
+               "--on-error", "skip", "--quiet"]  # fmt: skip
+    for extra in [["--csv", str(tmp_path / "out.csv")], []]:
+        result = subprocess.run(
+            command + extra, cwd=workdir, capture_output=True, timeout=300, env=env
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        text = (tmp_path / "out.csv").read_bytes() if extra else result.stdout
+        lines = text.splitlines()
+        assert len(lines) == 4, text
+        assert lines[1].startswith(raw_name + b",ok,")
+        assert lines[2].startswith(b"f02.png,ok,")
+        assert lines[3].startswith(b"zz\xff.png,unreadable,")
+
+
+def test_broken_and_looping_links_get_rows(
+    workdir, fitted, tmp_path, monkeypatch, capsys
+):
+    # Check that broken links and link loops named like images get an unreadable
+    # row each, and that a link loop to a folder does not make listing endless.
+    data = _copy_readable_images(workdir, tmp_path / "data", n=2)
+    (data / "broken.png").symlink_to("nowhere.png")
+    (data / "loop.png").symlink_to("loop.png")
+    (data / "up").symlink_to("..", target_is_directory=True)
+    out, err = run_in_process(
+        "predict", workdir / "cdc.onnx", data, "--on-error", "skip",
+        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    _, rows = read_csv(out)
+    assert [row[:2] for row in rows] == [
+        ["broken.png", "unreadable"],
+        ["f01.png", "ok"],
+        ["f02.png", "ok"],
+        ["loop.png", "unreadable"],
+    ]
+    assert rows[0][-1] == "FileNotFoundError: broken symbolic link to 'nowhere.png'"
+    assert "Too many levels of symbolic links" in rows[3][-1]
+    assert "4 input(s): 2 predicted, 2 unreadable" in err
+
+
+# ---------------------------------------------------------------------------
+# Flags in messages
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        (
+            "X has 2 image file(s) that cannot be decoded: 'X 1.png' (x); pass "
+            "on_error='skip' to leave them out.",
+            "DATA has 2 image file(s) that cannot be decoded: 'X 1.png' (x); pass "
+            "--on-error skip to leave them out.",
+        ),
+        ("[Errno 28] No space left on device", "[Errno 28] No space left on device"),
+        (
+            "The 'n_clusters' parameter of CDCClusterer must be an int in the range "
+            "[2, inf). Got 1 instead.",
+            "The --n-clusters option of CDCClusterer must be an int in the range "
+            "[2, inf). Got 1 instead.",
+        ),
+        (
+            "X has 4 samples but n_clusters=5; lower n_clusters or max_epochs.",
+            "DATA has 4 samples but --n-clusters 5; lower --n-clusters or --epochs.",
+        ),
+        (
+            "Skipped 1 image file(s) of X that cannot be read: 'X has/n_clusters.png'",
+            "Skipped 1 image file(s) of DATA that cannot be read: "
+            "'X has/n_clusters.png'",
+        ),
+        (
+            "X yields images of size (H, W) = (9, 8); pass image_size=(8, 8).",
+            "DATA yields images of size (H, W) = (9, 8); pass --image-size (8, 8).",
+        ),
+        ("Unknown device 'tpu'", "Unknown device 'tpu'"),
+        (
+            "the model's batch_size; \"it's X.png\" is X",
+            "the model's --batch-size; \"it's X.png\" is X",
+        ),
+    ],
+)
+def test_flags_replace_only_parameter_mentions(message, expected):
+    # Check that parameter names become flags, and X becomes DATA, only where the
+    # library names them: never inside quoted paths or in OS messages.
+    from deepclust.cli import _in_flags
+
+    assert _in_flags(message) == expected
+
+
+def test_file_named_like_the_input_keeps_its_name(workdir, fitted, tmp_path, capsys):
+    # Check that the error about a file named 'X 1.png' shows its real name.
+    data = _copy_readable_images(workdir, tmp_path / "data", n=2)
+    (data / "X 1.png").write_bytes(b"not an image")
+    assert main(["predict", str(workdir / "cdc.onnx"), str(data)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("deepclust predict: error: DATA has 1 image file(s)")
+    assert f"{str(data / 'X 1.png')!r}" in line and "DATA 1.png" not in line

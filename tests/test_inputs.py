@@ -1,9 +1,12 @@
 """Testing for input validation and batched reading (deepclust._inputs)."""
 
+import errno
 import io
+import os
 import re
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -12,18 +15,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
+from PIL import Image, ImageOps
 
 from deepclust._inputs import (
     CorruptImageError,
     ImageInput,
     InputError,
+    PathError,
+    SkippedInputsWarning,
     TabularInput,
     check_matches,
     check_min_samples,
+    check_value_range,
     image_files_in,
     iter_batches,
     read_input,
+    resolve_path,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -382,6 +389,36 @@ def test_unsupported_files(tmp_path):
         read_input(broken)
 
 
+def test_resolve_path_says_what_a_path_stands_for(tmp_path):
+    # Check the one decision of what a path is: a folder's image files, a .npy
+    # file's memory-mapped array, an image file itself; and the problem named
+    # by PathError (which the command line words its own way) otherwise.
+    image = _save(tmp_path / "images" / "b.png", np.zeros((3, 3), np.uint8))
+    _save(tmp_path / "images" / "a.png", np.zeros((3, 3), np.uint8))
+    assert resolve_path(tmp_path / "images") == [
+        str(tmp_path / "images" / "a.png"),
+        str(image),
+    ]
+    assert resolve_path(image) == [str(image)]
+    np.save(tmp_path / "rows.npy", np.ones((2, 3)))
+    assert isinstance(resolve_path(tmp_path / "rows.npy"), np.memmap)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("text")
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    for path, problem in [
+        (tmp_path / "nope", "missing"),
+        (tmp_path / "empty", "no_images"),
+        (tmp_path / "notes.txt", "not_data"),
+        (tmp_path / "broken.npy", "bad_npy"),
+    ]:
+        with pytest.raises(PathError) as caught:
+            resolve_path(path, name="DATA")
+        assert caught.value.problem == problem
+        assert caught.value.path == str(path)
+        assert str(caught.value).startswith("DATA: ")
+        assert isinstance(caught.value, InputError)
+
+
 def _write_bad_files(tmp_path):
     noise = rng.randint(0, 256, size=(32, 32, 3)).astype(np.uint8)
     good = _save(tmp_path / "good.png", noise)
@@ -575,3 +612,205 @@ print(inp.read([0, 1]).shape)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2, 3, 2, 2)"
+
+
+# ---------------------------------------------------------------------------
+# Files that vanish, links, FIFOs, 32-bit TIFFs and EXIF orientation
+# ---------------------------------------------------------------------------
+
+
+def _gray_files(folder, n=3):
+    return [
+        _save(folder / f"ok{i}.png", np.full((4, 4), 60 * i, np.uint8))
+        for i in range(n)
+    ]
+
+
+def test_missing_files_are_skipped_with_a_reason(tmp_path):
+    # Check that a file removed after it was listed is skipped with a reason
+    # (not an error) with on_error="skip", and named by an InputError otherwise.
+    files = _gray_files(tmp_path)
+    Path(files[1]).unlink()
+    with pytest.warns(SkippedInputsWarning, match="Skipped 1 image file") as record:
+        inp = read_input(files, on_error="skip", image_size=4, channels=1)
+    path, reason = record[0].message.errors[1]
+    assert path == files[1] and reason.startswith("FileNotFoundError: no such file")
+    np.testing.assert_array_equal(inp.kept_indices, [0, 2])
+    assert inp.skipped == {1: (path, reason)}
+    assert inp.input_paths == files
+    with pytest.raises(InputError, match=r"1 path\(s\) that do not exist: '.*ok1"):
+        read_input(files)
+
+
+def test_broken_and_looping_links_are_listed_and_reported(tmp_path):
+    # Check that broken and looping links named like images are listed, that a
+    # link loop to a folder does not make the listing endless, and that reading
+    # the folder reports each link instead of leaving it out unseen.
+    files = _gray_files(tmp_path)
+    (tmp_path / "broken.png").symlink_to("nowhere.png")
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (tmp_path / "folder.png").symlink_to("sub", target_is_directory=True)
+    broken, loop = str(tmp_path / "broken.png"), str(tmp_path / "loop.png")
+    assert image_files_in(tmp_path) == sorted([*files, broken, loop])
+    with pytest.warns(SkippedInputsWarning, match="Skipped 2 image file") as record:
+        inp = read_input(tmp_path, on_error="skip")
+    reasons = dict(record[0].message.errors.values())
+    assert reasons[broken] == "FileNotFoundError: broken symbolic link to 'nowhere.png'"
+    assert "Too many levels of symbolic links" in reasons[loop]
+    assert inp.n_samples == 3 and inp.n_inputs == 5
+    with pytest.raises(InputError, match=r"broken.png' \(broken symbolic link\)"):
+        read_input(tmp_path)
+    with pytest.raises(CorruptImageError, match="Too many levels") as info:
+        read_input([*files, loop])
+    assert info.value.paths == [loop]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_named_like_an_image_does_not_hang(tmp_path):
+    # Check that a FIFO named like an image is reported as unreadable at once,
+    # where opening it would wait for a writer forever.
+    files = _gray_files(tmp_path)
+    fifo = str(tmp_path / "pipe.png")
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def read():
+        try:
+            read_input([*files, fifo], on_error="skip")
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+        outcome["done"] = True
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(30)
+    if reader.is_alive():
+        # Unblock the reader (a writer opens the FIFO) before failing.
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(30)
+        pytest.fail("reading a FIFO blocked")
+    assert "error" not in outcome, outcome
+    (warning,) = [w.message for w in caught if w.category is SkippedInputsWarning]
+    assert warning.errors == {3: (fifo, "not a regular file: a FIFO, device or socket")}
+
+
+def test_file_that_cannot_be_opened_is_unreadable(tmp_path, monkeypatch):
+    # Check that a file the OS refuses to open (no permission) is skipped with
+    # the OS reason. The refusal is simulated: root may open any file.
+    files = _gray_files(tmp_path)
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if os.fspath(path) == files[0]:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.warns(SkippedInputsWarning, match="cannot be read") as record:
+        read_input(files, on_error="skip")
+    assert record[0].message.errors == {
+        0: (files[0], "PermissionError: Permission denied")
+    }
+    with pytest.raises(CorruptImageError, match=r"ok0.png' \(PermissionError"):
+        read_input(files)
+
+
+def _tiff(folder, name, array):
+    path = str(folder / name)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_32_bit_tiffs_are_scaled_not_clipped(tmp_path):
+    # Check the policy for 32-bit TIFFs: floats in [0, 1] are scaled to 0-255,
+    # floats in [0, 255] kept, integers scaled from [0, 65535]; other values
+    # make the file unreadable with a reason naming the range.
+    cases = {
+        "unit.tif": (np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),
+        "bytes.tif": (np.array([[0.0, 100.4, 255.0]], np.float32), [0, 100, 255]),
+        "wide.tif": (np.array([[0, 257 * 128, 65535]], np.int32), [0, 128, 255]),
+    }
+    for name, (pixels, expected) in cases.items():
+        path = _tiff(tmp_path, name, pixels)
+        with Image.open(path) as image:
+            assert image.mode == ("F" if pixels.dtype.kind == "f" else "I")
+        for cache_bytes in (0, 10**6):
+            batch = read_input(path, cache_bytes=cache_bytes).read([0])
+            np.testing.assert_array_equal(batch.ravel(), expected, err_msg=name)
+    floats = _tiff(tmp_path, "floats.tif", np.array([[-1, 0, 300]], np.float32))
+    ints = _tiff(tmp_path, "ints.tif", np.array([[0, 70000, 5]], np.int32))
+    for path, message in [
+        (floats, r"mode 'F'\) with values in \[-1, 300\]: only values in \[0, 1\]"),
+        (ints, r"mode 'I'\) with values in \[0, 70000\]: only values in \[0, 65535\]"),
+    ]:
+        for cache_bytes in (0, 10**6):
+            with pytest.raises(CorruptImageError, match="cannot be read: .*" + message):
+                read_input(path, cache_bytes=cache_bytes)
+    with pytest.raises(InputError, match=r"X\[0\] is a PIL image of 32-bit float"):
+        read_input([Image.fromarray(np.array([[2.0, 300.0]], np.float32))])
+    unit = read_input([Image.fromarray(np.array([[0.0, 1.0]], np.float32))])
+    np.testing.assert_array_equal(unit.read([0]).ravel(), [0, 255])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Check that a JPEG whose EXIF says "rotate 90 degrees clockwise" is read
+    # upright, with the same pixels whether decoded when probed or later.
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    pixels[:, 4:] = 255  # left half black, right half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "rotated.jpg")
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    with Image.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image)).transpose(2, 0, 1)
+    cached = read_input(path)
+    lazy = read_input(path, cache_bytes=0)
+    assert cached.size == lazy.size == (8, 4)
+    np.testing.assert_array_equal(cached.read([0])[0], expected)
+    np.testing.assert_array_equal(lazy.read([0])[0], expected)
+    # Turned clockwise, the black left half is now the top half.
+    assert expected[:, :4].max() < 64 and expected[:, 4:].min() > 192
+
+
+def test_check_value_range():
+    # Check the scales refused for models fitted on uint8 and on float images.
+    images = RGB_NHWC.transpose(0, 3, 1, 2)
+    uint8 = {"fitted_dtype": "uint8", "value_range": (0, 255)}
+    check_value_range(images, **uint8)
+    check_value_range(images.astype(np.float32), **uint8)
+    check_value_range(np.zeros((2, 1, 3, 3), np.float32), **uint8)
+    with pytest.raises(InputError, match=r"\(X \* 255\)\.astype\(np\.uint8\)"):
+        check_value_range(images / 255.0, **uint8)
+    with pytest.raises(InputError, match=r"X holds float images .*\[0, 1\]"):
+        check_value_range((images > 127).astype(np.float32), **uint8)
+    with pytest.raises(
+        InputError, match=r"imgs holds values in \[-3, \d+\], outside \[0, 255\]"
+    ):
+        check_value_range(images - 3.0, name="imgs", **uint8)
+    # None means (0, 255) for uint8 models and "not known" for float models.
+    with pytest.raises(InputError, match="uint8 images"):
+        check_value_range(images / 255.0, fitted_dtype="uint8", value_range=None)
+    check_value_range(images, fitted_dtype="float32", value_range=None)
+    unit = {"fitted_dtype": "float32", "value_range": (0.0, 1.0)}
+    check_value_range(images / 255.0, **unit)
+    check_value_range(np.full((1, 1, 2, 2), 1.5, np.float32), **unit)
+    check_value_range(np.full((1, 1, 2, 2), -0.5, np.float32), **unit)
+    with pytest.raises(InputError, match=r"X.astype\(np.float32\) / 255"):
+        check_value_range(images, **unit)
+    with pytest.raises(InputError, match=r"values in \[-0.6, -0.6\].*\[0, 1\]"):
+        check_value_range(np.full((1, 1, 2, 2), -0.6, np.float32), **unit)
+    wide = {"fitted_dtype": "float32", "value_range": (0.0, 255.0)}
+    check_value_range(images, **wide)
+    with pytest.raises(InputError, match=r"\[-200, -200\].*rescale X to \[0, 255\]"):
+        check_value_range(np.full((1, 1, 2, 2), -200.0, np.float32), **wide)
+    bright = {"fitted_dtype": "float32", "value_range": (100.0, 255.0)}
+    with pytest.raises(InputError, match=r"pass X \* 255"):
+        check_value_range(images / 255.0, **bright)
+    with pytest.raises(ValueError, match="fitted_dtype must be"):
+        check_value_range(images, fitted_dtype="float64", value_range=None)
+    with pytest.raises(ValueError, match="value_range must be"):
+        check_value_range(images, fitted_dtype="float32", value_range=(1, 1))

@@ -345,7 +345,51 @@ def test_clusterer_float_images_in_uint8_graph(fitted):
         clusterer.predict_proba(images),
     )
     with pytest.raises(InputError, match="input_format='float_nchw'"):
-        clusterer.predict(images.astype(np.float32) + 0.5)
+        clusterer.predict(np.minimum(images, 254).astype(np.float32) + 0.5)
+
+
+def test_clusterer_refuses_images_on_another_scale(fitted):
+    # Check that images on another scale than the training images raise instead
+    # of giving wrong clusters: [0, 1] floats for a model fitted on uint8 images
+    # (even whole 0/1 values, which a uint8 graph would take as black images),
+    # and 0-255 values for a model fitted on [0, 1] floats. The exported
+    # "value_range" says the scale; without it, uint8 models use (0, 255) and
+    # float models are not checked.
+    _, path = fitted("cdc_small_rgb")
+    images = _test_images("cdc_small_rgb", 4)
+    expected = r"expects values in \[0, 255\].*\(X \* 255\)\.astype\(np\.uint8\)"
+    for exported_range in (True, False):
+        clusterer = OnnxClusterer(path)
+        if not exported_range:
+            clusterer.metadata.pop("value_range", None)
+        with pytest.raises(InputError, match=expected):
+            clusterer.predict(images / 255.0)
+        with pytest.raises(InputError, match=r"look like images scaled to \[0, 1\]"):
+            clusterer.predict((images > 127).astype(np.float32))
+        with pytest.raises(InputError, match=r"outside \[0, 255\]"):
+            clusterer.predict(images.astype(np.float32) * 2)
+        blank = np.zeros_like(images, dtype=np.float32)
+        np.testing.assert_array_equal(
+            clusterer.predict(blank), clusterer.predict(blank.astype(np.uint8))
+        )
+    estimator, float_path = fitted("cd_small_gray_float")
+    floats = OnnxClusterer(float_path)
+    X = _test_images("cd_small_gray_float", 3)
+    raw = (X * 255).astype(np.uint8)
+    # Without a value range in its metadata a float model is not checked ...
+    floats.metadata.pop("value_range", None)
+    assert floats.transform(raw).shape == (3, 4)
+    # ... with one, values far beyond it are refused, per batch.
+    floats.metadata["value_range"] = [0.0, 1.0]
+    floats.set_params(batch_size=2)
+    np.testing.assert_allclose(
+        floats.transform(X), estimator.transform(X), rtol=1e-3, atol=1e-5
+    )
+    mixed = np.concatenate([X[:2], raw[2:].astype(np.float32)])
+    with pytest.raises(InputError, match=r"fitted on images with values in \[0, 1\]"):
+        floats.transform(mixed)
+    with pytest.raises(InputError, match=r"X\.astype\(np\.float32\) / 255"):
+        floats.transform(raw)
 
 
 def test_clusterer_attributes_and_transform_default(fitted):
@@ -521,3 +565,40 @@ def test_clusterer_output_and_file_errors(fitted, tmp_path):
         OnnxClusterer(tmp_path / "junk.onnx")
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         OnnxClusterer(cdc_path, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("input_kind", None, "lacks a valid input kind and format"),
+        ("input_format", None, "lacks a valid input kind and format"),
+        ("image_size", None, "lacks a valid image_size and n_channels"),
+        ("n_channels", 4, "lacks a valid image_size and n_channels"),
+        ("estimator", "KMeans", "names no known estimator"),
+        ("n_clusters", "ten", "has an invalid n_clusters"),
+        ("params", [1, 2], "has params that are not a JSON object"),
+        ("input_format", "float_nchw", "graph takes a tensor\\(uint8\\)"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_stripped_or_edited_metadata_is_refused(fitted, tmp_path, key, value, match):
+    # Check that an exported file whose deepclust metadata lost an entry or was
+    # edited gives a ValueError naming the file, not a KeyError or a raw
+    # onnxruntime error later.
+    import json
+
+    import onnx
+
+    _, path = fitted("cdc_small_rgb")
+    proto = onnx.load(path)
+    kept = [entry for entry in proto.metadata_props if entry.key != key]
+    del proto.metadata_props[:]
+    for entry in kept:
+        proto.metadata_props.add(key=entry.key, value=entry.value)
+    if value is not None:
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    edited = tmp_path / "edited.onnx"
+    onnx.save_model(proto, edited)
+    with pytest.raises(ValueError, match=match) as error:
+        OnnxClusterer(edited)
+    assert "edited.onnx" in str(error.value)

@@ -2,8 +2,8 @@
 
 import ast
 import json
-import re
 import pickle
+import re
 from pathlib import Path
 
 import joblib

@@ -32,11 +32,7 @@ from skorch.callbacks import GradientNormClipping, LRScheduler
 
 from deepclust import distributed
 from deepclust._inputs import (
-    ImageInput,
     InputError,
-    check_matches,
-    check_min_samples,
-    read_input,
     shard_input,
 )
 from deepclust._validation import check_image_size
@@ -48,8 +44,10 @@ from deepclust.estimators._config import (
     resolve_runtime,
     resolve_training_config,
 )
+from deepclust.estimators._data import InputHandling
 from deepclust.estimators._net import (
     ContrastiveNet,
+    DurationEstimate,
     EpochProgress,
     InputDataset,
     LRFactor,
@@ -63,6 +61,8 @@ __all__ = ["BaseDeepEstimator", "Float32TransformerMixin"]
 
 # Constraints of the parameters both estimators have; each adds its own.
 SHARED_CONSTRAINTS: dict[str, list] = {
+    "encoder": [str, callable, None],
+    "encoder_weights": [str, os.PathLike, None],
     "backbone": [StrOptions(set(BACKBONES)), callable],
     "stem": [StrOptions({"auto", "imagenet", "cifar"})],
     "backbone_weights": [str, os.PathLike, None],
@@ -109,7 +109,7 @@ class Float32TransformerMixin(TransformerMixin):
         return tags
 
 
-class BaseDeepEstimator(BaseEstimator):
+class BaseDeepEstimator(InputHandling, BaseEstimator):
     """Common fit/inference logic; subclasses define the model and the objective.
 
     Subclasses set ``_family`` ("cd" or "cdc", see
@@ -150,14 +150,22 @@ class BaseDeepEstimator(BaseEstimator):
             X, self._fit_positions, self._n_fit_inputs, input_files = shard_input(
                 X, distributed.rank(), n_processes
             )
-        source = self._read_fit_input(X)
+        encoder = self._build_encoder()
+        source = self._read_fit_input(X, encoder)
+        size = self._auto_image_size(source, device)
+        if size is not None:
+            source = self._read_fit_input(X, encoder, image_size=size)
         self._set_input_attributes(source)
         n_samples = source.n_samples
         if self._distributed:
             self.input_files_ = input_files
             n_samples = self._agree_on_inputs(source)
         self._check_n_samples(n_samples)
+        if encoder is not None:
+            self._fit_unit_range(encoder, source)
+            self.encoder_ = encoder
         self.training_config_ = self._resolve_training_config(n_samples, device)
+        train_source = self._model_input(source, device, progress=self.verbose >= 1)
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -167,10 +175,15 @@ class BaseDeepEstimator(BaseEstimator):
                     "backbone_weights": self.backbone_weights,
                 }
             )
-        self._fit_scaler(model.scaler, source)
-        dataset = InputDataset(source, device)
+        self._fit_scaler(model.scaler, train_source)
+        dataset = InputDataset(train_source, device)
         self.net_ = self._build_net(
-            model, device, seed, self._distributed, n_samples=len(dataset)
+            model,
+            device,
+            seed,
+            self._distributed,
+            n_samples=len(dataset),
+            pairs=self._neighbor_pairs(model, dataset),
         )
         try:
             # Fixed shapes: let cuDNN pick the fastest kernels.
@@ -195,9 +208,9 @@ class BaseDeepEstimator(BaseEstimator):
             if getattr(error, "kept_epoch", None) is None:
                 self._forget()
                 raise
-            self._finish_fit(source, n_processes)
+            self._finish_fit(train_source, n_processes)
             raise
-        self._finish_fit(source, n_processes)
+        self._finish_fit(train_source, n_processes)
         return self
 
     def _finish_fit(self, source, n_processes) -> None:
@@ -228,55 +241,6 @@ class BaseDeepEstimator(BaseEstimator):
             distributed.init_from_environment(device)
         return device, wanted and distributed.is_distributed()
 
-    def _agree_on_inputs(self, source) -> int:
-        """Check that every process read inputs of one kind; count them all.
-
-        Also turns the skipped positions of this process's share into positions
-        in X. Returns the number of readable inputs of all processes.
-        """
-        described = {
-            name: getattr(self, name, None)
-            for name in (
-                "input_kind_",
-                "image_size_",
-                "n_channels_",
-                "input_dtype_",
-                "n_features_in_",
-            )
-        }
-        skipped = self._fit_positions[self.skipped_indices_].tolist()
-        everyone = [None] * distributed.world_size()
-        torch.distributed.all_gather_object(
-            everyone, (described, skipped, source.n_samples)
-        )
-        kinds = [entry[0] for entry in everyone]
-        if any(kind != kinds[0] for kind in kinds):
-            raise InputError(
-                f"The processes read different kinds of input ({kinds}); the inputs "
-                "of a distributed fit must all have one kind, size and number of "
-                "channels (pass image_size to resize images)."
-            )
-        self.skipped_indices_ = np.array(
-            sorted(p for entry in everyone for p in entry[1]), dtype=np.int64
-        )
-        return sum(entry[2] for entry in everyone)
-
-    def _gather_fit_rows(self, values: np.ndarray, fill) -> np.ndarray:
-        """Rows of this process's share placed in a full array, in every process.
-
-        In a single process, ``values`` already has one row per input of X.
-        """
-        if not self._distributed:
-            return values
-        everyone = [None] * distributed.world_size()
-        torch.distributed.all_gather_object(everyone, (self._fit_positions, values))
-        rows = np.full(
-            (self._n_fit_inputs, *values.shape[1:]), fill, dtype=values.dtype
-        )
-        for positions, part in everyone:
-            rows[positions] = part
-        return rows
-
     def _check_params(self):
         """The checks that the declarative constraints cannot express."""
         if isinstance(self.image_size, (tuple, list)):
@@ -296,55 +260,20 @@ class BaseDeepEstimator(BaseEstimator):
                 "checkpoint to continue from (set checkpoint_dir, or resume=False)."
             )
 
-    def _read_fit_input(self, X):
-        image_size = None if isinstance(self.image_size, str) else self.image_size
-        source = read_input(
-            X,
-            image_size=image_size,
-            data_format=self.data_format,
-            on_error=self.on_error,
-        )
-        what = "contrastive training compares samples with each other"
-        if self._distributed:
-            what = "each process of a distributed fit needs 2 samples of its share"
-        check_min_samples(source, 2, what=what)
-        if isinstance(source, ImageInput) and min(source.size) < 2:
-            raise InputError(
-                f"X yields images of size (H, W) = {tuple(source.size)}; training "
-                "needs "
-                "images of at least 2x2 pixels (pass image_size to upsample them)."
-            )
-        return source
-
     def _check_n_samples(self, n_samples: int) -> None:
         """Checks of the number of training samples (of all processes)."""
-
-    def _set_input_attributes(self, source):
-        self.skipped_indices_ = np.array(sorted(source.skipped), dtype=np.int64)
-        self.input_files_ = getattr(source, "input_paths", None)
-        if source.kind == "tabular":
-            self.input_kind_ = "tabular"
-            self.n_features_in_ = source.n_features
-            self.input_shape_ = None
-            self.image_size_ = None
-            self.n_channels_ = None
-            self.input_dtype_ = "float32"
-        else:
-            self.input_kind_ = "image"
-            self.input_shape_ = source.source_shape
-            self.image_size_ = tuple(source.size)
-            self.n_channels_ = source.channels
-            self.input_dtype_ = np.dtype(source.dtype).name
 
     def _resolve_training_config(self, n_samples, device) -> dict:
         """Every 'auto' made concrete for the fitted input and ``device``."""
         tabular = self.input_kind_ == "tabular"
+        encoder = getattr(self, "encoder_", None)
         data = InputDescription(
             self.input_kind_,
             n_samples,
             image_size=None if tabular else tuple(self.image_size_),
             n_channels=None if tabular else self.n_channels_,
             n_features=self.n_features_in_ if tabular else None,
+            encoder=None if encoder is None else encoder.description,
         )
         return resolve_training_config(
             self.get_params(deep=False),
@@ -364,25 +293,8 @@ class BaseDeepEstimator(BaseEstimator):
             **{**settings, "crop_scale": tuple(settings["crop_scale"])},
         )
 
-    def _fit_scaler(self, scaler, source):
-        """Input statistics from (a sample of) the training data."""
-        rng = np.random.default_rng(0)
-        n_stats = min(source.n_samples, 4096)
-        index = np.sort(rng.choice(source.n_samples, n_stats, replace=False))
-        if source.kind == "tabular":
-            scaler.set_statistics(torch.from_numpy(source.data[index]), step="unit")
-            return
-        sample = torch.from_numpy(source.read(list(index)))
-        if sample.dtype == torch.uint8:
-            scaler.set_unit_range(0.0, 255.0)
-        else:
-            scaler.set_unit_range(
-                min(0.0, float(sample.min())), max(1.0, float(sample.max()))
-            )
-        scaler.set_statistics(scaler.to_unit(sample), step="standardize")
-
     def _build_net(
-        self, model, device, seed, multi_process=False, n_samples=None
+        self, model, device, seed, multi_process=False, n_samples=None, pairs=None
     ) -> ContrastiveNet:
         """The skorch net that trains ``model`` on ``device`` (or runs it).
 
@@ -394,7 +306,7 @@ class BaseDeepEstimator(BaseEstimator):
         gpu = device.type == "cuda"
         # oneDNN's CPU convolutions, like cuDNN's, are faster channels-last
         # (a third per step for "small_cnn").
-        channels_last = self.input_kind_ == "image"
+        channels_last = self._trains_on_pixels()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         iterator_params = {"num_workers": runtime["num_workers"], "pin_memory": gpu}
@@ -402,7 +314,9 @@ class BaseDeepEstimator(BaseEstimator):
             iterator_params["persistent_workers"] = True
         net = ContrastiveNet(
             module=model,
-            criterion=self._build_objective(channels_last, multi_process, n_samples),
+            criterion=self._build_objective(
+                channels_last, multi_process, n_samples, pairs
+            ),
             optimizer=torch.optim.Adam,
             optimizer__weight_decay=self.weight_decay,
             # One fused kernel per step instead of several per parameter tensor.
@@ -417,6 +331,7 @@ class BaseDeepEstimator(BaseEstimator):
             compile=self.compile,
             precision_dtype=torch.bfloat16 if runtime["precision"] == "bf16" else None,
             generator_seed=seed,
+            image_dtype=self.input_dtype_ if self._trains_on_pixels() else None,
             distributed=multi_process,
             **{f"iterator_train__{k}": v for k, v in iterator_params.items()},
         )
@@ -426,7 +341,7 @@ class BaseDeepEstimator(BaseEstimator):
 
     def _callbacks(self):
         config = self.training_config_
-        callbacks = []
+        callbacks = [("duration", DurationEstimate(self.verbose))]
         if self.verbose == 1:
             callbacks.append(("progress", EpochProgress()))
         if self.grad_clip_norm is not None:
@@ -458,7 +373,11 @@ class BaseDeepEstimator(BaseEstimator):
         return self.training_config_["max_epochs"]
 
     def _after_fit(self, source):
-        """Hook for fitted attributes computed after training."""
+        """Hook for fitted attributes computed after training.
+
+        ``source`` is what the network trained on (the embeddings of the
+        training images when there is an encoder), with one row per input.
+        """
 
     def _forget(self) -> None:
         """Leave the estimator unfitted: its fitted attributes would not match."""
@@ -468,45 +387,24 @@ class BaseDeepEstimator(BaseEstimator):
             delattr(self, name)
 
     # --------------------------------------------------------------- inference
-    def _read_predict_input(self, X):
-        check_is_fitted(self, "net_")
-        image = self.input_kind_ == "image"
-        channels = self.n_channels_ if image else None
-        image_size = self.image_size_ if image else None
-        source = read_input(
-            X,
-            image_size=image_size,
-            channels=channels,
-            data_format=self.data_format,
-            on_error=self.on_error,
-            allow_tabular=not image,
-            min_readable=0,
-        )
-        check_matches(
-            source,
-            kind=self.input_kind_,
-            channels=channels,
-            size=image_size,
-            owner=type(self).__name__,
-            source_shape=self.input_shape_,
-            n_features=getattr(self, "n_features_in_", None),
-        )
-        return source
-
     def _outputs(self, X, *names):
         """Named model outputs of every input of X, one row per input, in order.
 
         Inputs skipped as unreadable (``on_error="skip"``) get NaN rows.
         """
         source = self._read_predict_input(X)  # first: it checks that we are fitted
-        return self.net_.outputs(source, names, self.predict_batch_size)
+        return self.net_.outputs(
+            self._model_input(source), names, self.predict_batch_size
+        )
 
     def _augmented_pairs(self, X, name):
         """Output ``name`` of two seeded augmented views of every readable input."""
         source = self._read_predict_input(X)
         if source.n_samples == 0:
             raise InputError("X has no readable input to score.")
-        return self.net_.augmented_pairs(source, name, self.predict_batch_size)
+        return self.net_.augmented_pairs(
+            self._model_input(source), name, self.predict_batch_size
+        )
 
     def _model(self):
         return self.net_.unwrapped_module()

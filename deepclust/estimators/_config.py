@@ -26,6 +26,8 @@ __all__ = [
     "DeviceDescription",
     "InputDescription",
     "auto_choices_table",
+    "resolve_encoder_image_size",
+    "resolve_image_size",
     "resolve_runtime",
     "resolve_training_config",
 ]
@@ -38,6 +40,14 @@ IMAGE_BACKBONES = ("resnet18", "resnet34", "resnet50", "small_cnn")
 # Optimiser steps that max_epochs="auto" aims at, per backbone. "small_cnn":
 # 67 epochs of the digits, under a minute on 2 CPU cores (benchmarks/README.md).
 AUTO_STEPS = {"mlp": 1500, "small_cnn": 1000, "resnet18": 3000, "resnet34": 20000}
+# Heads on the embeddings of a pretrained encoder (see benchmarks/README.md).
+ENCODER_HEAD_STEPS = 1500
+# image_size="auto" with an encoder: its input size, or half of it for images
+# up to this side, which it would only see upscaled (a quarter of the time).
+ENCODER_SMALL_SIDE = 64
+# Feature vectors (tabular input, encoder embeddings) train on pairs of a row and
+# one of its nearest neighbours (SCAN, TEMI); this many neighbours per row.
+PAIR_NEIGHBORS = 10
 # A callable backbone is budgeted like this named one.
 CALLABLE_LIKE = "resnet18"
 AUTO_EPOCH_RANGE = (5, 1000)
@@ -53,6 +63,14 @@ SMALL_CNN_WIDTHS = (32, 64, 128)
 SMALL_CNN_MAX_SIDE = 16
 CPU_SMALL_CNN_MAX_SIDE = 64
 GPU_RESNET18_MAX_SIDE = 64
+# image_size="auto" on a CPU without an encoder: larger images are trained at
+# this side (a from-scratch network on a CPU cannot use more in minutes).
+CPU_MAX_SIDE = 64
+CPU_DOWNSCALED_SIDE = 32
+# On a CPU, the steps of "small_cnn" with a strided stem shrink with the area of
+# its first feature map beyond that of 28-px images (Fashion-MNIST, 14 x 14), so
+# a default fit costs about what Fashion-MNIST's does (benchmarks/README.md).
+CPU_REFERENCE_MAP_AREA = 14 * 14
 # Augmentation by image side: (largest side, crop area range).
 AUTO_CROP_SCALES = ((16, (0.3, 1.0)), (32, (0.2, 1.0)), (math.inf, (0.08, 1.0)))
 # Colour-jitter strength up to / above this side (the reference code's values).
@@ -85,6 +103,9 @@ class InputDescription:
     n_channels : int or None
     n_features : int or None
         Columns of tabular input.
+    encoder : dict or None
+        The description of the frozen encoder whose embeddings the heads train
+        on (see :func:`deepclust.encoders.build_encoder`), or None.
     """
 
     kind: str
@@ -92,6 +113,16 @@ class InputDescription:
     image_size: tuple | None = None
     n_channels: int | None = None
     n_features: int | None = None
+    encoder: dict | None = None
+
+    @property
+    def heads_input(self) -> InputDescription:
+        """What the network trains on: the encoder's embeddings, or the input."""
+        if self.encoder is None:
+            return self
+        return InputDescription(
+            "tabular", self.n_samples, n_features=self.encoder["embedding_dim"]
+        )
 
     @property
     def side(self) -> int | None:
@@ -143,10 +174,13 @@ def resolve_training_config(
     Returns
     -------
     training_config : dict
-        ``backbone``, ``max_epochs``, ``lr``, ``augment`` (None for tabular
-        input), ``precision``, ``num_workers``, ``neighbor_start_epoch`` (CDC;
-        None without neighbours) and ``model``, the description that
-        :func:`deepclust.models.build_model` rebuilds the network from.
+        ``backbone``, ``max_epochs``, ``lr``, ``augment`` (None for feature
+        vectors), ``pair_neighbors`` (neighbours drawn as the second view of
+        feature vectors; None for images), ``precision``, ``num_workers``,
+        ``neighbor_start_epoch`` (CDC; None without neighbours), ``encoder``
+        (the frozen encoder's description, or None) and ``model``, the
+        description that :func:`deepclust.models.build_model` rebuilds the
+        network from.
 
     Raises
     ------
@@ -166,11 +200,15 @@ def resolve_training_config(
     >>> config["backbone"], config["max_epochs"], config["lr"]
     ('small_cnn', 67, 0.001)
     """
+    encoder = data.encoder
+    data = data.heads_input
     tabular = data.kind == "tabular"
-    backbone = _backbone(params["backbone"], data, device)
+    backbone = _backbone(params["backbone"], data, device, encoder)
     max_epochs = params["max_epochs"]
     if max_epochs == "auto":
-        max_epochs = _auto_epochs(backbone, data.n_samples, params["batch_size"])
+        steps = ENCODER_HEAD_STEPS if encoder else _auto_steps(backbone)
+        steps = _cpu_steps(steps, backbone, params["stem"], data, device)
+        max_epochs = _auto_epochs(steps, data.n_samples, params["batch_size"])
     lr = params["lr"]
     if lr == "auto":
         lr = (
@@ -183,12 +221,80 @@ def resolve_training_config(
         "max_epochs": int(max_epochs),
         "lr": float(lr),
         "augment": None if tabular else _augment(params, data),
+        "pair_neighbors": PAIR_NEIGHBORS if tabular else None,
         **resolve_runtime(params, device),
+        "encoder": encoder,
         "model": _model_description(params, family, heads, backbone, data),
     }
     if family == "cdc":
         config["neighbor_start_epoch"] = _neighbor_start(params, data, max_epochs)
     return config
+
+
+def resolve_image_size(
+    params: dict[str, Any], data: InputDescription, device: DeviceDescription
+) -> tuple[int, int] | None:
+    """The size images are trained at when ``image_size="auto"`` must not keep
+    theirs, or None.
+
+    On a CPU without an encoder, images larger than ``CPU_MAX_SIDE`` are
+    downscaled to ``CPU_DOWNSCALED_SIDE`` (keeping their aspect ratio): a
+    network trained from scratch on 224-px photos would plan hours.
+
+    Examples
+    --------
+    >>> params = {"image_size": "auto", "encoder": None, "backbone": "auto"}
+    >>> resolve_image_size(params, InputDescription("image", 300, (224, 224), 3),
+    ...                    DeviceDescription("cpu"))
+    (32, 32)
+    >>> resolve_image_size(params, InputDescription("image", 300, (28, 28), 1),
+    ...                    DeviceDescription("cpu")) is None
+    True
+    """
+    if (
+        params["image_size"] != "auto"
+        or params.get("encoder") is not None
+        or data.encoder is not None
+        or data.kind != "image"
+        or device.gpu
+        or data.side <= CPU_MAX_SIDE
+        or (isinstance(params["backbone"], str) and params["backbone"] != "auto")
+        or callable(params["backbone"])
+    ):
+        return None
+    height, width = data.image_size
+    ratio = CPU_DOWNSCALED_SIDE / max(height, width)
+    return max(2, round(height * ratio)), max(2, round(width * ratio))
+
+
+def resolve_encoder_image_size(
+    image_size, input_size: int, side: int | None
+) -> tuple[int, int]:
+    """The size images are resized to for an encoder of ``input_size``.
+
+    ``image_size="auto"`` gives the encoder's input size, or half of it for
+    images whose largest ``side`` is at most ``ENCODER_SMALL_SIDE`` and that
+    half (they would only be upscaled more: half the size is a quarter of the
+    embedding time).
+
+    Examples
+    --------
+    >>> resolve_encoder_image_size("auto", 224, 28)
+    (112, 112)
+    >>> resolve_encoder_image_size("auto", 224, 480)
+    (224, 224)
+    >>> resolve_encoder_image_size(96, 224, 28)
+    (96, 96)
+    """
+    if image_size != "auto":
+        return (
+            (image_size, image_size)
+            if isinstance(image_size, int)
+            else tuple(image_size)
+        )
+    if side is not None and side <= min(ENCODER_SMALL_SIDE, input_size // 2):
+        return input_size // 2, input_size // 2
+    return input_size, input_size
 
 
 def resolve_runtime(params: dict[str, Any], device: DeviceDescription) -> dict:
@@ -214,7 +320,14 @@ def resolve_runtime(params: dict[str, Any], device: DeviceDescription) -> dict:
     return {"precision": precision, "num_workers": int(workers)}
 
 
-def _backbone(requested, data: InputDescription, device: DeviceDescription):
+def _backbone(requested, data: InputDescription, device: DeviceDescription, encoder):
+    if encoder is not None and requested in IMAGE_BACKBONES:
+        raise ValueError(
+            f"backbone={requested!r} is a network for pixels, but with "
+            f"encoder={encoder['spec']!r} the heads train on the encoder's "
+            "embeddings; use backbone='auto' or 'mlp' (or encoder=None to train "
+            f"{requested!r} on the pixels)."
+        )
     if data.kind == "tabular" and requested in IMAGE_BACKBONES:
         raise ValueError(
             f"backbone={requested!r} is a convolutional network for images, but X "
@@ -236,9 +349,27 @@ def _backbone(requested, data: InputDescription, device: DeviceDescription):
     return "resnet34" if device.gpu else "resnet18"
 
 
-def _auto_epochs(backbone, n_samples, batch_size) -> int:
+def _auto_steps(backbone) -> int:
     name = backbone if isinstance(backbone, str) else CALLABLE_LIKE
-    steps = AUTO_STEPS.get(name, AUTO_STEPS[CALLABLE_LIKE])
+    return AUTO_STEPS.get(name, AUTO_STEPS[CALLABLE_LIKE])
+
+
+def _cpu_steps(steps, backbone, stem, data: InputDescription, device) -> int:
+    """Fewer steps for "small_cnn" on a CPU when its first feature map is larger
+    than that of 28-px images, so that a default fit stays within minutes."""
+    if device.gpu or backbone != "small_cnn":
+        return steps
+    from deepclust.backbones import resolve_stem  # torch: only when fitting
+
+    stride = 2 if resolve_stem(backbone, data.image_size, stem) == "imagenet" else 1
+    height, width = data.image_size
+    area = -(-height // stride) * -(-width // stride)
+    if stride == 1 or area <= CPU_REFERENCE_MAP_AREA:
+        return steps
+    return max(1, round(steps * CPU_REFERENCE_MAP_AREA / area))
+
+
+def _auto_epochs(steps, n_samples, batch_size) -> int:
     batches_per_epoch = max(1, math.ceil((n_samples or 1) / batch_size))
     low, high = AUTO_EPOCH_RANGE
     return int(min(max(round(steps / batches_per_epoch), low), high))
@@ -311,6 +442,17 @@ _TABLE_CASES = (
     ("300 x 224x224 RGB", InputDescription("image", 300, (224, 224), 3), "cpu"),
     ("300 x 224x224 RGB", InputDescription("image", 300, (224, 224), 3), "cuda"),
     ("5,000 x 20 features", InputDescription("tabular", 5000, n_features=20), "cpu"),
+    (
+        "2,000 x 28x28 gray, encoder efficientnet_lite0",
+        InputDescription(
+            "image",
+            2000,
+            (112, 112),
+            1,
+            encoder={"spec": "efficientnet_lite0", "embedding_dim": 1280},
+        ),
+        "cpu",
+    ),
 )
 _DEVICES = {
     "cpu": DeviceDescription("cpu", n_cpus=2),
@@ -331,6 +473,11 @@ def auto_choices_table(default_params: dict[str, Any], family: str, heads) -> st
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, data, device in _TABLE_CASES:
+        size = resolve_image_size(default_params, data, _DEVICES[device])
+        if size is not None:
+            # What image_size="auto" trains on: the downscaled images.
+            label = f"{label} (trained at {size[0]}x{size[1]})"
+            data = InputDescription("image", data.n_samples, size, data.n_channels)
         config = resolve_training_config(
             default_params,
             family=family,

@@ -25,6 +25,9 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import sys
+import time
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -34,12 +37,13 @@ from skorch.callbacks import Callback
 from torch.nn.parallel import DistributedDataParallel
 
 from deepclust import distributed
-from deepclust._inputs import TabularInput, iter_batches
+from deepclust._inputs import TabularInput, check_value_range, iter_batches
 from deepclust.estimators._config import DeviceDescription
 
 __all__ = [
     "ContrastiveNet",
     "DeviceBatches",
+    "DurationEstimate",
     "EpochProgress",
     "ShardBatches",
     "InputDataset",
@@ -224,6 +228,68 @@ class NeighborMining(Callback):
             net.criterion_.neighbors.set_neighbors(torch.from_numpy(features))
 
 
+class DurationEstimate(Callback):
+    """Estimate how long training will take from its first steps, and say it.
+
+    After ``measure_seconds`` of training (and a few steps), the time per step
+    gives the duration of the remaining steps. With ``verbose`` it is printed
+    to standard error when it exceeds ``announce_after`` seconds; without, a
+    ``UserWarning`` says it when it exceeds ``warn_after`` seconds, so that a
+    long fit never starts in silence.
+    """
+
+    def __init__(
+        self, verbose=0, announce_after=30.0, warn_after=600.0, measure_seconds=3.0
+    ):
+        self.verbose = verbose
+        self.announce_after = announce_after
+        self.warn_after = warn_after
+        self.measure_seconds = measure_seconds
+
+    def on_train_begin(self, net, X=None, **kwargs):
+        self.start_ = time.perf_counter()
+        self.steps_ = 0
+        self.said_ = False
+        per_epoch = max(1, math.ceil(len(X) / net.batch_size)) if X is not None else 1
+        remaining_epochs = max(0, net.max_epochs - len(net.history) + 1)
+        self.total_steps_ = per_epoch * remaining_epochs
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if not training or self.said_:
+            return
+        self.steps_ += 1
+        elapsed = time.perf_counter() - self.start_
+        if elapsed < self.measure_seconds or self.steps_ < 3:
+            return
+        self.said_ = True
+        per_step = elapsed / self.steps_
+        remaining = per_step * max(0, self.total_steps_ - self.steps_)
+        message = (
+            f"training will take about {_duration(remaining)} more "
+            f"({self.total_steps_} steps of {per_step:.2f} s)"
+        )
+        if self.verbose and remaining >= self.announce_after:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"deepclust: {message}", file=sys.stderr)
+        elif not self.verbose and remaining >= self.warn_after:
+            warnings.warn(
+                f"deepclust: {message}; pass verbose=1 to follow it, or a smaller "
+                "max_epochs.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '3 min', '2.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class EpochProgress(Callback):
     """One tqdm bar over epochs with the running loss (verbose=1)."""
 
@@ -312,6 +378,20 @@ def restore_generators(net, saved: dict) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _flat(parts: dict) -> torch.Tensor:
+    """The loss parts (scalars and vectors) as one vector, in order."""
+    return torch.cat([part.detach().reshape(-1).float() for part in parts.values()])
+
+
+def _unflat(values: torch.Tensor, like: dict) -> dict:
+    """Inverse of :func:`_flat` for parts shaped like ``like``."""
+    parts, start = {}, 0
+    for name, part in like.items():
+        parts[name] = values[start : start + part.numel()].reshape(part.shape)
+        start += part.numel()
+    return parts
+
+
 class ContrastiveNet(NeuralNet):
     """skorch net whose criterion is a training objective of the module.
 
@@ -327,6 +407,10 @@ class ContrastiveNet(NeuralNet):
         Autocast dtype of training and inference (None: full precision).
     generator_seed : int, default=0
         Seed of the shuffling and augmentation generators.
+    image_dtype : {"uint8", "float32"} or None, default=None
+        The dtype of the training images (None for tabular input): inference
+        refuses images on another scale (see
+        :func:`deepclust._inputs.check_value_range`).
     distributed : bool, default=False
         Train on the processes of the running torch.distributed group: the module
         is wrapped in DistributedDataParallel with synchronised BatchNorm, each
@@ -336,11 +420,18 @@ class ContrastiveNet(NeuralNet):
     """
 
     def __init__(
-        self, *args, precision_dtype=None, generator_seed=0, distributed=False, **kwargs
+        self,
+        *args,
+        precision_dtype=None,
+        generator_seed=0,
+        image_dtype=None,
+        distributed=False,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.precision_dtype = precision_dtype
         self.generator_seed = generator_seed
+        self.image_dtype = image_dtype
         self.distributed = distributed
 
     def initialize(self):
@@ -492,11 +583,11 @@ class ContrastiveNet(NeuralNet):
             # Each process holds its share of the global loss: record their mean
             # and the global batch size, the same in every process, so that
             # history-driven callbacks agree.
-            size = torch.tensor(float(len(unit)), device=unit.device)
+            size = torch.tensor([float(len(unit))], device=unit.device)
             reduced = distributed.all_reduce_mean(
-                torch.stack([loss, *parts.values(), size])
+                torch.cat([loss.reshape(1), _flat(parts), size])
             )
-            loss, parts = reduced[0], dict(zip(parts, reduced[1:-1], strict=True))
+            loss, parts = reduced[0], _unflat(reduced[1:-1], parts)
             self.global_batch_size_ = round(
                 float(reduced[-1]) * distributed.world_size()
             )
@@ -511,8 +602,12 @@ class ContrastiveNet(NeuralNet):
                 "(grad_clip_norm=1.0) or precision='fp32'."
             )
         # One transfer for all the parts: each float() would wait for the device.
-        for name, value in zip(parts, torch.stack(list(parts.values())).tolist(),
-                               strict=True):  # fmt: skip
+        values = _flat(parts).tolist()
+        for name, part in parts.items():
+            # Scalars as floats; vectors (one loss per cluster head) as lists.
+            size = part.numel()
+            value = values[:size] if part.dim() else values[0]
+            values = values[size:]
             self.history.record_batch(f"{name}_loss", value)
         return {"loss": loss.detach(), "y_pred": None}
 
@@ -554,7 +649,16 @@ class ContrastiveNet(NeuralNet):
         if source.n_samples == 0:
             # Every input was unreadable: one blank input gives the output shapes.
             batches = [(0, np.zeros((1, source.channels, *source.size), source.dtype))]
+        value_range = None
+        if getattr(self, "image_dtype", None) is not None:
+            value_range = self.unwrapped_module().scaler.unit_range()
         for _, raw in batches:
+            if value_range is not None:
+                # Images on another scale than the training images (floats in
+                # [0, 1] for a model fitted on uint8) would be silently wrong.
+                check_value_range(
+                    raw, fitted_dtype=self.image_dtype, value_range=value_range
+                )
             yield self.to_unit(torch.from_numpy(np.ascontiguousarray(raw)))
 
     def outputs(

@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import warnings
 from numbers import Integral
 from pathlib import Path
@@ -40,14 +41,14 @@ import torch
 from skorch.history import History
 
 from deepclust import distributed
-from deepclust._files import read_regular_file, write_content_named
+from deepclust._files import write_content_named
 from deepclust._serialization import (
-    JSON_MAX_BYTES,
     check_state_dict,
     decode_tree,
     encode_tree,
     parse_json,
     read_document,
+    read_json_bytes,
     remove_unnamed_files,
     write_document,
 )
@@ -81,14 +82,21 @@ _ATTRIBUTE_PREFIX = "attributes."
 _DATA_FILES = ("model-*.safetensors", "history-*.json")
 # Data files of formats 1 and 2, replaced when a model is saved over them.
 _FIXED_NAME_FILES = ("model.safetensors", "history.json")
-# Fitted attributes that are rebuilt rather than stored as values.
-_REBUILT_ATTRIBUTES = ("net_", "history_")
+# Fitted attributes that are rebuilt rather than stored as values (the encoder
+# from its specification, checked against the SHA-256 of its weights).
+_REBUILT_ATTRIBUTES = ("net_", "history_", "encoder_")
 # Estimator classes by name, for loading (filled by subclassing the base).
 _ESTIMATOR_CLASSES: dict[str, type] = {}
 
 # Parameters added after models were first saved, with the value that describes
 # the models saved before them.
-_ADDED_PARAMS = {"n_cluster_heads": 1, "neighbor_weight": 0.0}
+_ADDED_PARAMS = {
+    "n_cluster_heads": 1,
+    "head_selection": "loss",
+    "neighbor_weight": 0.0,
+    "encoder": None,
+    "encoder_weights": None,
+}
 # Stage widths of "small_cnn" in descriptions that did not record them.
 _FIRST_SMALL_CNN_WIDTHS = [64, 128, 256]
 
@@ -190,6 +198,7 @@ _CLASS_ATTRIBUTES = {
         "cluster_sizes_": _array("iu"),
         "selected_head_": _int(0),
         "head_losses_": _optional(_array("f")),
+        "head_agreement_": _optional(_array("f")),
     },
     "ContrastiveDisentangler": {},
 }
@@ -284,6 +293,13 @@ def _params_to_json(estimator) -> dict:
                 "matter for training: call est.set_params(callbacks=None) before "
                 "save(), or use pickle/joblib."
             )
+        if name == "encoder" and callable(value):
+            raise ValueError(
+                f"encoder={value!r} is a callable, which cannot be saved without "
+                "pickle (it is code); save() needs a named encoder "
+                "('efficientnet_lite0', 'torchvision:NAME' or 'timm:NAME'), or use "
+                "pickle/joblib."
+            )
         if name == "backbone" and callable(value):
             raise ValueError(
                 f"backbone={value!r} is a callable, which cannot be saved without "
@@ -348,8 +364,9 @@ def load_estimator(path, *, device=None):
             f"{what}: config.json nests its values too deeply to be a file written "
             "by deepclust; it was edited or forged."
         ) from None
-    history = _read_history(directory, document, tensors, what)
+    history = _upgrade_history(_read_history(directory, document, tensors, what))
     estimator.device = _loading_device(document["params"].get("device"), device)
+    _rebuild_encoder(estimator, what)
     model = _rebuild_model(estimator, tensors, what)
     estimator.net_ = estimator._build_net(model, resolve_device(estimator.device), 0)
     estimator.net_.initialize()
@@ -422,7 +439,7 @@ def _read_history(directory, document, tensors, what):
             f"{what}: {history_file} is missing or does not match the SHA-256 "
             "recorded when it was saved; it was modified, truncated or replaced."
         )
-    data = read_regular_file(path, max_bytes=JSON_MAX_BYTES, what=what)
+    data = read_json_bytes(path, what)
     if hashlib.sha256(data).hexdigest() != document.get("history_sha256"):
         raise ValueError(
             f"{what}: {history_file} is missing or does not match the SHA-256 "
@@ -439,6 +456,38 @@ def _read_history(directory, document, tensors, what):
             f"{what}: {history_file} nests its values too deeply to be a file "
             "written by deepclust."
         ) from None
+
+
+def _rebuild_encoder(estimator, what) -> None:
+    """The frozen encoder a model was trained on, from its specification.
+
+    Its weights are not in the model folder: they come from where the encoder
+    comes from (a package, a library's cache, a local file), and must be the
+    very weights the heads were trained on.
+    """
+    description = estimator.training_config_.get("encoder")
+    if description is None:
+        return
+    from deepclust.encoders import build_encoder
+
+    try:
+        encoder = build_encoder(estimator.encoder, estimator.encoder_weights)
+    except (ValueError, OSError, TypeError) as exc:
+        raise ValueError(
+            f"{what}: its encoder {description['spec']!r} cannot be built here ({exc})"
+        ) from None
+    found = encoder.description["sha256"]
+    if found != description["sha256"]:
+        raise ValueError(
+            f"{what}: the weights of its encoder {description['spec']!r} differ from "
+            f"those the model was trained with (SHA-256 {found[:16]}... here, "
+            f"{description['sha256'][:16]}... when trained): its embeddings would "
+            "not be those the heads learnt. Install the encoder's weights the model "
+            "was trained with (or pass the same encoder_weights file)."
+        )
+    encoder.set_unit_range(*description["value_range"])
+    encoder.description = dict(description)
+    estimator.encoder_ = encoder
 
 
 def _rebuild_model(estimator, tensors, what):
@@ -525,6 +574,10 @@ def upgrade(document: dict, tensors: dict, estimator_class) -> tuple[dict, dict]
         )
     if version <= 2:
         config = decode_tree(document["attributes"]["training_config_"], {})
+        # Before encoders and neighbour pairs: feature vectors trained on
+        # augmented copies, images on their pixels.
+        config.setdefault("encoder", None)
+        config.setdefault("pair_neighbors", None)
         _upgrade_model_description(config["model"])
         document["attributes"]["training_config_"] = encode_tree(config, {}, "config")
         bias = _MODULE_PREFIX + "cluster_bias"
@@ -591,6 +644,24 @@ def _upgrade_model_description(model: dict) -> None:
     if small_cnn and model.get("stem") == "auto":
         # "auto" meant stride 1 before "small_cnn" had a strided stem.
         model["stem"] = "cifar"
+
+
+def _upgrade_history(history: list) -> list:
+    """Histories written before per-head losses were one list per batch.
+
+    Format 2 recorded ``cluster_head{h}_loss`` floats; today's batches hold one
+    ``cluster_heads_loss`` list.
+    """
+    for epoch in history:
+        for batch in epoch.get("batches", []):
+            heads = sorted(
+                (int(name[len("cluster_head") : -len("_loss")]), name)
+                for name in batch
+                if re.fullmatch(r"cluster_head\d+_loss", name)
+            )
+            if heads:
+                batch["cluster_heads_loss"] = [batch.pop(name) for _, name in heads]
+    return history
 
 
 def upgrade_checkpoint(content: dict) -> dict:

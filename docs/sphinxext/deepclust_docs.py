@@ -29,9 +29,11 @@ API_MODULES = [
     ("deepclust", "Estimators and loading", None),
     ("deepclust.estimators", "The estimator classes", None),
     ("deepclust.persistence", "Saving and loading without pickle", None),
+    ("deepclust.encoders", "Frozen pretrained encoders and their embeddings", None),
     ("deepclust.onnx", "ONNX export and torch-free inference", None),
     ("deepclust.batch_inference", "Batch inference on Dask, Ray or Spark", None),
     ("deepclust.model_selection", "Choosing the number of clusters", None),
+    ("deepclust.inspection", "Which inputs are shown, their clusters", None),
     ("deepclust.plotting", "Figures of a fitted model", None),
     ("deepclust.report", "HTML report", None),
     ("deepclust.metrics", "Clustering scores", None),
@@ -42,6 +44,7 @@ API_MODULES = [
         [
             "InputError",
             "CorruptImageError",
+            "PathError",
             "SkippedInputsWarning",
         ],
     ),
@@ -329,6 +332,7 @@ def figure_scraper(block, block_vars, gallery_conf):
 # The gallery's order: from a first clustering to deployment.
 GALLERY_ORDER = (
     "cluster_digits.py",
+    "plot_cluster_photos.py",
     "plot_results.py",
     "select_k.py",
     "features_pipeline.py",

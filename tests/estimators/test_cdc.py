@@ -217,16 +217,37 @@ def test_best_cluster_head_is_kept(blobs):
     # smallest of the per-head losses recorded in the history.
     cdc = CDCClusterer(**TINY, n_cluster_heads=4).fit(blobs[0])
     window = cdc.history_[-3:]
-    losses = [
-        np.mean([b[f"cluster_head{h}_loss"] for e in window for b in e["batches"]])
-        for h in range(4)
-    ]
+    losses = np.mean(
+        [b["cluster_heads_loss"] for e in window for b in e["batches"]], axis=0
+    )
     np.testing.assert_allclose(cdc.head_losses_, losses)
     assert cdc.selected_head_ == int(np.argmin(losses))
     model = cdc.net_.module_
-    assert model.head[3].out_features == 4 * 3 + TINY["instance_dim"]
+    assert model.head.output_layer.out_features == 4 * 3 + TINY["instance_dim"]
     single = CDCClusterer(**TINY, n_cluster_heads=1).fit(blobs[0])
     assert single.selected_head_ == 0 and single.head_losses_ is None
+
+
+def test_consensus_keeps_the_head_the_others_agree_with(blobs):
+    # Check that head_selection="consensus" keeps the medoid of the heads'
+    # partitions: the head whose mean ARI with the other heads is the highest,
+    # recomputed here from the heads' own labels, and that predict uses it.
+    from sklearn.metrics import adjusted_rand_score
+
+    cdc = CDCClusterer(**TINY, n_cluster_heads=4, head_selection="consensus")
+    cdc.fit(blobs[0])
+    projections = cdc._outputs(blobs[0], "all_projections")[0]
+    # Head 0 is now the kept head: its rows were swapped with those of the head
+    # selected, so undo the swap to get the heads in their training order.
+    order = list(range(4))
+    order[0], order[cdc.selected_head_] = order[cdc.selected_head_], order[0]
+    labels = [projections[:, 3 * h : 3 * h + 3].argmax(axis=1) for h in order]
+    agreement = [
+        np.mean([adjusted_rand_score(labels[a], labels[b]) for b in range(4) if b != a])
+        for a in range(4)
+    ]
+    np.testing.assert_allclose(cdc.head_agreement_, agreement, atol=1e-12)
+    assert cdc.selected_head_ == int(np.argmax(agreement))
 
 
 def test_select_head_moves_the_head_first():
