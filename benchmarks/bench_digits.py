@@ -15,7 +15,8 @@ A draw is a (seed, torch thread count) pair: another thread count adds floats in
 another order, so it is another draw of the same seed. With several thread counts
 the summary also gives, per draw, CDC's ACC minus that of CD heads + KMeans, and
 ``--heads`` prints what other choices among CDC's cluster heads would have scored
-(the one with the lowest loss is kept; the medoid by ARI; the best, with labels).
+(the one with the lowest loss is kept; the medoid by ARI; the best, with labels;
+the ensemble of head_selection="ensemble").
     python benchmarks/bench_digits.py --epochs 20 auto --models cdc
     python benchmarks/bench_digits.py --models cdc+sl        # self-labelling stage
 """
@@ -215,6 +216,14 @@ def _head_choices(cdc, images, labels):
     yield "  head: medoid by ARI", head_labels[int(agreement.sum(axis=1).argmax())]
     best = max(head_labels, key=lambda h: clustering_scores(labels, h)["acc"])
     yield "  head: best (oracle)", best
+    if cdc.head_selection != "ensemble":
+        # What head_selection="ensemble" would have kept: the same training,
+        # then the kept head refitted to the heads' joint partition (last: it
+        # changes the model).
+        source = cdc._model_input(cdc._read_predict_input(images))
+        cdc._refit_to_heads_ensemble(source)
+        cdc._fill_empty_clusters(source)
+        yield "  heads: ensemble", cdc.predict(images)
 
 
 if __name__ == "__main__":

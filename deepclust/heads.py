@@ -159,6 +159,28 @@ class CDCProjectionHead(nn.Sequential):
         """The last layer, whose rows are the heads' and the instance part's."""
         return self[-1]
 
+    def hidden(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The shared hidden layer's output, which every head's rows read."""
+        for layer in list(self)[:-1]:
+            embedding = layer(embedding)
+        return embedding
+
+    @torch.no_grad()
+    def set_first_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Replace head 0's rows of the last layer: (K, hidden) and (K,).
+
+        Examples
+        --------
+        >>> import torch
+        >>> head = CDCProjectionHead(4, n_clusters=2, instance_dim=3, n_heads=2)
+        >>> head.set_first_head(torch.zeros(2, 4), torch.tensor([1.0, 2.0]))
+        >>> head.output_layer.bias[:2].tolist()
+        [1.0, 2.0]
+        """
+        layer, k = self.output_layer, self.n_clusters
+        layer.weight[:k] = weight.to(layer.weight)
+        layer.bias[:k] = bias.to(layer.bias)
+
     def first_head(self, projections: torch.Tensor) -> torch.Tensor:
         """The projection of head 0 with the shared instance part: (B, K + C).
 

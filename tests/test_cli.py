@@ -444,7 +444,27 @@ def test_demo_prints_score_table(capsys):
         row = next(line for line in lines if line.startswith(name))
         scores = [float(value) for value in row[len(name) :].split()[:3]]
         assert all(-1.0 <= score <= 1.0 for score in scores)
-    assert "CD heads" not in out
+    assert "CD heads" not in out.split("One run is one draw")[0]
+    assert "Over 20 draws with the defaults" in out
+
+
+def test_demo_trains_cdc_alone_by_default(capsys, monkeypatch):
+    # Check that a plain 'deepclust demo' trains the flagship only (under a minute
+    # on 2 cores) and prints the recorded spread of both estimators.
+    import deepclust.cli as cli
+
+    trained = []
+
+    def fake_fit(model, epochs, seed, verbose, threads):
+        trained.append(model)
+        return "CDCClusterer", {"acc": 0.9, "nmi": 0.9, "ari": 0.9}, 1.0
+
+    monkeypatch.setattr(cli, "_demo_fit", fake_fit)
+    assert main(["demo", "--quiet"]) == 0
+    assert trained == ["cdc"]
+    out = capsys.readouterr().out
+    for name, (low, mean, high) in cli.DEMO_DRAWS.items():
+        assert f"{name} {low:.3f} to {high:.3f} (mean {mean:.3f})" in out
 
 
 @pytest.mark.slow
@@ -455,7 +475,22 @@ def test_demo_trains_both_models_at_once_with_the_same_results(capsys):
 
     from deepclust.cli import _demo_fit
 
-    assert main(["demo", "--epochs", "1", "--jobs", "2", "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                "both",
+                "--epochs",
+                "1",
+                "--jobs",
+                "2",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2 processes of 1 thread(s)" in out
     rows = {

@@ -40,7 +40,11 @@ and the measurements in {doc}`/benchmarks`. The `input` column gives the size
 the images train at: on a CPU, without an encoder, an explicit `image_size` or a
 named `backbone`, `image_size="auto"` first downscales images larger than 64 px
 to 32 px ({doc}`photos`), and with an encoder the heads train on its embeddings,
-like feature vectors.
+like feature vectors. One more "auto" is not in the tables: CDC's
+`head_selection="auto"` keeps the cluster head with the lowest loss when the
+network trains on images, and refits it to the ensemble of the heads when it
+trains on feature vectors or an encoder's embeddings
+(`deepclust.estimators._config.resolve_head_selection`).
 """
 
 SECTION = """

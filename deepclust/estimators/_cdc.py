@@ -19,8 +19,13 @@ from deepclust.estimators._base import (
     BaseDeepEstimator,
     Float32TransformerMixin,
 )
-from deepclust.estimators._config import NEIGHBOR_EVERY
+from deepclust.estimators._config import (
+    ENSEMBLE_TEMPERATURE,
+    NEIGHBOR_EVERY,
+    resolve_head_selection,
+)
 from deepclust.estimators._net import NeighborMining
+from deepclust.heads import split_heads
 from deepclust.losses import CDCLoss, ConfidenceBasedCE
 from deepclust.models import balancing_bias
 from deepclust.objectives import CDCObjective, NeighborBank
@@ -91,12 +96,17 @@ class CDCClusterer(
         after training one of them is kept for predictions (``selected_head_``,
         see ``head_selection``): picking among several removes the bad optima
         that single heads reach on some seeds. 1: the paper's single head.
-    head_selection : {"loss", "consensus"}, default="loss"
-        How the head is chosen, without labels: "loss", the lowest
+    head_selection : {"auto", "loss", "consensus", "ensemble"}, default="auto"
+        How the kept head is chosen, without labels: "loss", the lowest
         cross-entropy over the last 3 epochs (``head_losses_``); "consensus", the
         medoid of the heads' partitions of the training samples, the one whose
         mean adjusted Rand index with the others is the highest
-        (``head_agreement_``).
+        (``head_agreement_``); "ensemble", the head chosen by its loss refitted
+        to the heads' joint partition (k-means on their concatenated cluster
+        probabilities), by a logistic regression on the heads' shared hidden
+        layer. "auto": "ensemble" when the heads train on feature vectors or an
+        encoder's embeddings, whose heads land in optima far apart, and "loss"
+        on images (``_config.resolve_head_selection``).
     neighbor_weight : float, default=0.5
         Weight w of the nearest neighbours' codes in the cross-entropy targets,
         (1 - w) * own codes + w * neighbours' codes (SCAN's observation that
@@ -318,7 +328,7 @@ callable, default="auto"
         sinkhorn_iterations=3,
         swapped_assignment=True,
         n_cluster_heads=10,
-        head_selection="loss",
+        head_selection="auto",
         neighbor_weight=0.5,
         n_neighbors=5,
         self_label_epochs=0,
@@ -418,7 +428,7 @@ callable, default="auto"
         "sinkhorn_iterations": [Interval(Integral, 1, None, closed="left")],
         "swapped_assignment": ["boolean"],
         "n_cluster_heads": [Interval(Integral, 1, None, closed="left")],
-        "head_selection": [StrOptions({"loss", "consensus"})],
+        "head_selection": [StrOptions({"auto", "loss", "consensus", "ensemble"})],
         "neighbor_weight": [Interval(Real, 0, 1, closed="both")],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "self_label_epochs": [Interval(Integral, 0, None, closed="left")],
@@ -544,13 +554,69 @@ callable, default="auto"
                   for batch in epoch["batches"]]  # fmt: skip
         self.head_losses_ = np.mean(losses, axis=0)
         self.head_agreement_ = self._head_agreement(source)
-        if self.head_selection == "consensus":
+        selection = resolve_head_selection(
+            self.head_selection, "image" if self._trains_on_pixels() else "tabular"
+        )
+        if selection == "consensus":
             # The medoid of the heads' partitions: the one the others agree
             # with most, which one head's unlucky optimum cannot be.
             self.selected_head_ = int(np.argmax(self.head_agreement_))
         else:
             self.selected_head_ = int(np.argmin(self.head_losses_))
         self.net_.unwrapped_module().select_head(self.selected_head_)
+        if selection == "ensemble":
+            self._refit_to_heads_ensemble(source)
+
+    def _refit_to_heads_ensemble(self, source):
+        """Refit head 0 to the heads' joint partition of the training samples.
+
+        The heads' partitions are combined by k-means on their concatenated
+        cluster probabilities at a low temperature (nearly one vote per head: a
+        co-association with soft ties); a multinomial logistic
+        regression on the shared hidden layer then learns that partition, and
+        its coefficients become head 0's rows, so that ``predict`` and the ONNX
+        export need nothing but the network.
+        """
+        from sklearn.cluster import KMeans
+        from sklearn.linear_model import LogisticRegression
+
+        model = self.net_.unwrapped_module()
+        embedding, projections = self.net_.outputs(
+            source, ["embedding", "all_projections"], self.predict_batch_size
+        )
+        embedding = self._gather_fit_rows(embedding, np.nan)
+        projections = self._gather_fit_rows(projections, np.nan)
+        readable = ~np.isnan(projections).any(axis=1)
+        with torch.no_grad():
+            clusters, _ = split_heads(
+                torch.from_numpy(projections[readable]),
+                self.n_clusters,
+                self.n_cluster_heads,
+            )
+            proba = torch.softmax(clusters / ENSEMBLE_TEMPERATURE, dim=-1)
+            parameter = model.head.output_layer.weight
+            hidden = model.head.hidden(
+                torch.from_numpy(embedding[readable]).to(parameter)
+            )
+        # An integer random_state makes the partition reproducible; a
+        # RandomState instance is left unconsumed.
+        seed = self.random_state if isinstance(self.random_state, Integral) else 0
+        joint = KMeans(self.n_clusters, n_init=10, random_state=seed).fit_predict(
+            proba.transpose(0, 1).flatten(1).numpy()
+        )
+        if len(np.unique(joint)) < self.n_clusters:
+            return  # fewer distinct samples than clusters: keep the loss's head
+        regression = LogisticRegression(max_iter=1000)
+        regression.fit(hidden.float().cpu().numpy(), joint)
+        weight, bias = regression.coef_, regression.intercept_
+        if self.n_clusters == 2:
+            # A binary regression holds the second class's logit only.
+            weight = np.concatenate([np.zeros_like(weight), weight])
+            bias = np.concatenate([np.zeros_like(bias), bias])
+        model.head.set_first_head(
+            torch.from_numpy(weight.astype(np.float32)),
+            torch.from_numpy(bias.astype(np.float32)),
+        )
 
     def _head_agreement(self, source) -> np.ndarray:
         """Each head's mean adjusted Rand index with the other heads' partitions of

@@ -9,6 +9,7 @@ from sklearn.preprocessing import StandardScaler
 
 from deepclust import CDCClusterer
 from deepclust.backbones import MLP
+from deepclust.estimators._config import ENSEMBLE_TEMPERATURE
 
 TINY = {
     "n_clusters": 3,
@@ -248,6 +249,53 @@ def test_consensus_keeps_the_head_the_others_agree_with(blobs):
     ]
     np.testing.assert_allclose(cdc.head_agreement_, agreement, atol=1e-12)
     assert cdc.selected_head_ == int(np.argmax(agreement))
+
+
+def test_ensemble_refits_the_kept_head_to_the_heads_joint_partition(blobs):
+    # Check that head_selection="ensemble" trains exactly as "loss" does, then
+    # replaces the kept head (head 0) by one that predicts the k-means partition
+    # of the heads' concatenated probabilities, and leaves the other heads as
+    # they were.
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    X = blobs[0]
+    params = {**TINY, "n_cluster_heads": 4, "max_epochs": 5}
+    by_loss = CDCClusterer(**params, head_selection="loss").fit(X)
+    ensemble = CDCClusterer(**params, head_selection="ensemble").fit(X)
+    assert ensemble.selected_head_ == by_loss.selected_head_
+    before = by_loss._outputs(X, "all_projections")[0]
+    after = ensemble._outputs(X, "all_projections")[0]
+    np.testing.assert_array_equal(after[:, 3:], before[:, 3:])
+    assert not np.array_equal(after[:, :3], before[:, :3])
+    clusters = torch.nn.functional.normalize(
+        torch.from_numpy(before[:, :12]).unflatten(1, (4, 3)), dim=-1
+    )
+    proba = torch.softmax(clusters / ENSEMBLE_TEMPERATURE, -1)
+    joint = KMeans(3, n_init=10, random_state=0).fit_predict(proba.flatten(1))
+    assert adjusted_rand_score(joint, ensemble.labels_) > 0.9
+    np.testing.assert_array_equal(ensemble.predict(X), ensemble.labels_)
+
+
+def test_auto_head_selection_depends_on_what_the_heads_train_on(blobs, shape_images):
+    # Check that head_selection="auto" refits to the ensemble on feature vectors
+    # and keeps the lowest-loss head on images.
+    params = {**TINY, "n_cluster_heads": 3, "max_epochs": 2}
+    for X, selection in ((blobs[0], "ensemble"), (shape_images[0], "loss")):
+        auto = CDCClusterer(**params).fit(X)
+        chosen = CDCClusterer(**params, head_selection=selection).fit(X)
+        np.testing.assert_array_equal(auto.predict_proba(X), chosen.predict_proba(X))
+
+
+def test_ensemble_with_two_clusters(blobs):
+    # Check the binary case: a binary logistic regression holds one logit only.
+    X = blobs[0][blobs[1] < 2]
+    cdc = CDCClusterer(
+        **{**TINY, "n_clusters": 2}, n_cluster_heads=3, head_selection="ensemble"
+    ).fit(X)
+    assert set(cdc.labels_) == {0, 1}
+    np.testing.assert_array_equal(cdc.predict(X), cdc.labels_)
 
 
 def test_select_head_moves_the_head_first():
