@@ -196,6 +196,14 @@ class OnnxClusterer:
     --------
     export_onnx : Write the ONNX file of a fitted estimator.
 
+    Notes
+    -----
+    One instance can serve several threads at once (a web application's
+    workers): ``predict``, ``predict_proba`` and ``transform`` only read the
+    attributes set when the file is loaded, and onnxruntime's
+    ``InferenceSession.run`` may be called concurrently. Do not call
+    ``set_params`` while other threads predict.
+
     Examples
     --------
     >>> import os, tempfile

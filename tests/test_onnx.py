@@ -334,6 +334,23 @@ def test_clusterer_streams_batches(fitted):
     assert sizes == [5, 5, 5, 5, 3]
 
 
+def test_clusterer_concurrent_predictions_equal_sequential(fitted):
+    # Check that one OnnxClusterer serves several threads at once (a web app's
+    # case): each thread's predictions equal the same calls one after the other.
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, path = fitted("cdc_small_rgb")
+    clusterer = OnnxClusterer(path, batch_size=4)
+    X = _test_images("cdc_small_rgb", 30)
+    batches = [X[start : start + size] for start, size in
+               [(0, 30), (0, 7), (5, 13), (17, 3), (20, 10), (1, 29)]] * 4  # fmt: skip
+    sequential = [clusterer.predict_proba(batch) for batch in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(clusterer.predict_proba, batches))
+    for got, expected in zip(concurrent, sequential, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_clusterer_float_images_in_uint8_graph(fitted):
     # Check that whole-valued float images are accepted by a uint8 graph, others
     # rejected.
