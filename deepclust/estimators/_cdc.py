@@ -553,10 +553,17 @@ callable, default="auto"
         losses = [batch["cluster_heads_loss"] for epoch in window
                   for batch in epoch["batches"]]  # fmt: skip
         self.head_losses_ = np.mean(losses, axis=0)
-        self.head_agreement_ = self._head_agreement(source)
         selection = resolve_head_selection(
             self.head_selection, "image" if self._trains_on_pixels() else "tabular"
         )
+        # One pass over the training samples serves the agreement and the
+        # ensemble (all processes' samples in a distributed fit).
+        names = ["all_projections", "embedding"][: 2 if selection == "ensemble" else 1]
+        outputs = self.net_.outputs(source, names, self.predict_batch_size)
+        outputs = [self._gather_fit_rows(values, np.nan) for values in outputs]
+        readable = ~np.isnan(outputs[0]).any(axis=1)
+        projections, *embedding = [values[readable] for values in outputs]
+        self.head_agreement_ = self._head_agreement(projections)
         if selection == "consensus":
             # The medoid of the heads' partitions: the one the others agree
             # with most, which one head's unlucky optimum cannot be.
@@ -565,9 +572,9 @@ callable, default="auto"
             self.selected_head_ = int(np.argmin(self.head_losses_))
         self.net_.unwrapped_module().select_head(self.selected_head_)
         if selection == "ensemble":
-            self._refit_to_heads_ensemble(source)
+            self._refit_to_heads_ensemble(projections, embedding[0])
 
-    def _refit_to_heads_ensemble(self, source):
+    def _refit_to_heads_ensemble(self, projections, embedding):
         """Refit head 0 to the heads' joint partition of the training samples.
 
         The heads' partitions are combined by k-means on their concatenated
@@ -575,29 +582,24 @@ callable, default="auto"
         co-association with soft ties); a multinomial logistic
         regression on the shared hidden layer then learns that partition, and
         its coefficients become head 0's rows, so that ``predict`` and the ONNX
-        export need nothing but the network.
+        export need nothing but the network. ``projections`` and ``embedding``
+        are the readable training samples' outputs before the kept head was
+        moved first.
         """
         from sklearn.cluster import KMeans
         from sklearn.linear_model import LogisticRegression
 
         model = self.net_.unwrapped_module()
-        embedding, projections = self.net_.outputs(
-            source, ["embedding", "all_projections"], self.predict_batch_size
-        )
-        embedding = self._gather_fit_rows(embedding, np.nan)
-        projections = self._gather_fit_rows(projections, np.nan)
-        readable = ~np.isnan(projections).any(axis=1)
+        # The heads in the order of the network, whose head 0 is now the kept one.
+        order = np.arange(self.n_cluster_heads)
+        order[[0, self.selected_head_]] = order[[self.selected_head_, 0]]
         with torch.no_grad():
             clusters, _ = split_heads(
-                torch.from_numpy(projections[readable]),
-                self.n_clusters,
-                self.n_cluster_heads,
+                torch.from_numpy(projections), self.n_clusters, self.n_cluster_heads
             )
-            proba = torch.softmax(clusters / ENSEMBLE_TEMPERATURE, dim=-1)
+            proba = torch.softmax(clusters[order] / ENSEMBLE_TEMPERATURE, dim=-1)
             parameter = model.head.output_layer.weight
-            hidden = model.head.hidden(
-                torch.from_numpy(embedding[readable]).to(parameter)
-            )
+            hidden = model.head.hidden(torch.from_numpy(embedding).to(parameter))
         # An integer random_state makes the partition reproducible; a
         # RandomState instance is left unconsumed.
         seed = self.random_state if isinstance(self.random_state, Integral) else 0
@@ -618,24 +620,15 @@ callable, default="auto"
             torch.from_numpy(bias.astype(np.float32)),
         )
 
-    def _head_agreement(self, source) -> np.ndarray:
-        """Each head's mean adjusted Rand index with the other heads' partitions of
-        the training samples (all processes' samples in a distributed fit)."""
-        projections = self.net_.outputs(
-            source, ["all_projections"], self.predict_batch_size
-        )[0]
+    def _head_agreement(self, projections) -> np.ndarray:
+        """Each head's mean adjusted Rand index with the other heads' partitions,
+        from the readable training samples' projections."""
         k, heads = self.n_clusters, self.n_cluster_heads
-        labels = np.stack(
-            [np.nan_to_num(projections[:, h * k : (h + 1) * k]).argmax(axis=1)
-             for h in range(heads)], axis=1,
-        )  # fmt: skip
-        readable = ~np.isnan(projections).any(axis=1)
-        labels = self._gather_fit_rows(np.where(readable[:, None], labels, -1), -1)
-        labels = labels[(labels >= 0).all(axis=1)]
+        labels = [projections[:, h * k : (h + 1) * k].argmax(axis=1)
+                  for h in range(heads)]  # fmt: skip
         agreement = np.array(
-            [[adjusted_rand_score(labels[:, a], labels[:, b]) for b in range(heads)]
-             for a in range(heads)]
-        )  # fmt: skip
+            [[adjusted_rand_score(a, b) for b in labels] for a in labels]
+        )
         return (agreement.sum(axis=1) - 1) / (heads - 1)
 
     def predict_proba(self, X):
