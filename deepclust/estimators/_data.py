@@ -89,6 +89,14 @@ def _unit_range(sample: torch.Tensor) -> tuple[float, float]:
     return min(0.0, float(sample.min())), max(1.0, float(sample.max()))
 
 
+def _statistics_sample(source) -> np.ndarray:
+    """Sorted positions of the (at most 4096) training inputs that input
+    statistics are computed from, the same at every fit."""
+    rng = np.random.default_rng(0)
+    n_stats = min(source.n_samples, 4096)
+    return np.sort(rng.choice(source.n_samples, n_stats, replace=False))
+
+
 class InputHandling:
     """Input methods of the estimators (see the module documentation)."""
 
@@ -228,9 +236,7 @@ class InputHandling:
             # geometry is what neighbours are mined in (z-scoring them cost
             # ACC on Fashion-MNIST, benchmarks/README.md).
             return
-        rng = np.random.default_rng(0)
-        n_stats = min(source.n_samples, 4096)
-        index = np.sort(rng.choice(source.n_samples, n_stats, replace=False))
+        index = _statistics_sample(source)
         if source.kind == "tabular":
             scaler.set_statistics(torch.from_numpy(source.data[index]), step="unit")
             return
@@ -240,9 +246,7 @@ class InputHandling:
 
     def _fit_unit_range(self, encoder, source):
         """The encoder maps the raw values of the training images to [0, 1]."""
-        rng = np.random.default_rng(0)
-        n_stats = min(source.n_samples, 4096)
-        index = np.sort(rng.choice(source.n_samples, n_stats, replace=False))
+        index = _statistics_sample(source)
         encoder.set_unit_range(*_unit_range(torch.from_numpy(source.read(list(index)))))
         encoder.description["value_range"] = list(encoder.unit_range())
 
