@@ -6,9 +6,10 @@ and this script prints ACC / NMI / ARI and wall seconds of
 
 - KMeans and UMAP + KMeans (when ``umap-learn`` is installed) on the same
   L2-normalised embeddings (the embedding time is added to theirs);
-- ContrastiveDisentangler heads + KMeans and CDCClusterer trained on the
-  embeddings (wall time of the whole fit, embedding included: the embedding
-  cache is emptied first);
+- ContrastiveDisentangler + KMeans on its ``transform`` (with an encoder, by
+  default, CD's backbone output; ``--cd-params '{"transform_output": "heads"}'``
+  for the heads) and CDCClusterer trained on the embeddings (wall time of the
+  whole fit, embedding included: the embedding cache is emptied first);
 - CDCClusterer trained from scratch on the pixels, as without an encoder.
 
 Image sets (no download):
@@ -28,11 +29,19 @@ with and without ``--encoder efficientnet_lite0`` (the "photos on a laptop" case
     python benchmarks/bench_encoders.py                       # fashion, seeds 0-2
     python benchmarks/bench_encoders.py --datasets photos --seeds 0
     python benchmarks/bench_encoders.py --cli-photos --datasets
+
+``--methods`` runs a subset and ``--cd-params`` / ``--cdc-params`` pass extra
+parameters (JSON) to the estimators trained on the embeddings, to measure a lever
+against the defaults on the same draws:
+
+    python benchmarks/bench_encoders.py --methods cd \\
+        --cd-params '{"entropy_weight": 0.5}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -57,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_images28 import DEBIAN_FASHION_MNIST, load_idx  # noqa: E402
 
 ENCODER = "efficientnet_lite0"
+METHODS = ("kmeans", "umap", "cd", "cdc", "pixels")
 
 
 # ---------------------------------------------------------------------------
@@ -146,13 +156,15 @@ def _umap_kmeans(embeddings, k, seed):
     return KMeans(k, n_init=10, random_state=seed).fit_predict(reduced)
 
 
-def _cd_kmeans(images, k, seed):
-    cd = ContrastiveDisentangler(encoder=ENCODER, random_state=seed).fit(images)
+def _cd_kmeans(images, k, seed, params):
+    cd = ContrastiveDisentangler(encoder=ENCODER, random_state=seed, **params)
+    cd.fit(images)
     return KMeans(k, n_init=10, random_state=seed).fit_predict(cd.transform(images))
 
 
-def _cdc(images, k, seed, encoder=ENCODER):
-    return CDCClusterer(k, encoder=encoder, random_state=seed).fit(images).labels_
+def _cdc(images, k, seed, params, encoder=ENCODER):
+    cdc = CDCClusterer(k, encoder=encoder, random_state=seed, **params)
+    return cdc.fit(images).labels_
 
 
 def _kmeans(embeddings, k, seed):
@@ -163,19 +175,25 @@ def run_set(name, args, results):
     for seed in args.seeds:
         images, labels = load_set(name, args.n_images, seed, args.idx_dir)
         k = len(np.unique(labels))
-        embeddings, embed_seconds = _timed(_embeddings, images)
-        runs = [("KMeans", partial(_kmeans, embeddings, k, seed), embed_seconds)]
-        if args.with_umap:
+        runs = []
+        if {"kmeans", "umap"} & set(args.methods):
+            embeddings, embed_seconds = _timed(_embeddings, images)
+        if "kmeans" in args.methods:
+            kmeans_run = partial(_kmeans, embeddings, k, seed)
+            runs.append(("KMeans", kmeans_run, embed_seconds))
+        if "umap" in args.methods and args.with_umap:
             runs.append(
                 ("UMAP + KMeans", partial(_umap_kmeans, embeddings, k, seed),
                  embed_seconds)
             )  # fmt: skip
-        runs += [
-            ("CD heads + KMeans", partial(_cd_kmeans, images, k, seed), 0.0),
-            ("CDC", partial(_cdc, images, k, seed), 0.0),
-        ]
-        if not args.no_pixels:
-            runs.append(("CDC on pixels", partial(_cdc, images, k, seed, None), 0.0))
+        if "cd" in args.methods:
+            cd_run = partial(_cd_kmeans, images, k, seed, args.cd_params)
+            runs.append(("CD + KMeans", cd_run, 0.0))
+        if "cdc" in args.methods:
+            runs.append(("CDC", partial(_cdc, images, k, seed, args.cdc_params), 0.0))
+        if "pixels" in args.methods and not args.no_pixels:
+            pixels_run = partial(_cdc, images, k, seed, {}, None)
+            runs.append(("CDC on pixels", pixels_run, 0.0))
         for method, run, extra in runs:
             embedding_cache.clear()  # every fit pays for its embeddings
             predicted, seconds = _timed(run)
@@ -240,6 +258,18 @@ def main(argv=None):
     parser.add_argument("--idx-dir", default=str(DEBIAN_FASHION_MNIST))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-pixels", action="store_true", help="skip CDC on pixels")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS,
+        help="methods to run (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cd-params", type=json.loads, default={},
+        help="JSON object of extra ContrastiveDisentangler parameters",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cdc-params", type=json.loads, default={},
+        help="JSON object of extra CDCClusterer parameters",
+    )  # fmt: skip
     parser.add_argument("--cli-photos", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -254,7 +284,8 @@ def main(argv=None):
         args.with_umap = False
     print(
         f"encoder {ENCODER}, torch threads {torch.get_num_threads()}, UMAP peer: "
-        f"{args.with_umap}"
+        f"{args.with_umap}, CD parameters {args.cd_params}, CDC parameters "
+        f"{args.cdc_params}"
     )
     print(
         f"{'set':<8} {'method':<18} {'seed':>4} {'ACC':>6} {'NMI':>6} {'ARI':>6} "

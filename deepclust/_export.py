@@ -194,7 +194,7 @@ def _check_outputs(outputs, estimator, is_cdc: bool) -> tuple[str, ...]:
         chosen = list(_CDC_DEFAULT_OUTPUTS if is_cdc else _CD_DEFAULT_OUTPUTS)
         # The estimator's transform output is always exported, so that
         # OnnxClusterer.transform returns what estimator.transform returns.
-        chosen.append(_TRANSFORM_OUTPUTS[estimator.get_params()["transform_output"]])
+        chosen.append(_TRANSFORM_OUTPUTS[estimator._checked_transform_output()])
     elif isinstance(outputs, str):
         chosen = [outputs]
     else:
@@ -421,7 +421,7 @@ def _add_metadata(
         "normalization": normalization,
         "n_clusters": model.n_clusters if isinstance(model, CDCModel) else None,
         "outputs": list(outputs),
-        "transform_output": _TRANSFORM_OUTPUTS[params["transform_output"]],
+        "transform_output": _TRANSFORM_OUTPUTS[estimator._checked_transform_output()],
         "opset": opset,
         "exporter": exporter,
     }

@@ -44,7 +44,11 @@ like feature vectors. One more "auto" is not in the tables: CDC's
 `head_selection="auto"` keeps the cluster head with the lowest loss when the
 network trains on images, and refits it to the ensemble of the heads when it
 trains on feature vectors or an encoder's embeddings
-(`deepclust.estimators._config.resolve_head_selection`).
+(`deepclust.estimators._config.resolve_head_selection`). Nor is CD's
+`transform_output="auto"`: the head activations, or with an encoder the backbone
+output, which KMeans groups better than 128 decorrelated heads when they train on
+an encoder's embeddings
+(`deepclust.estimators._config.resolve_transform_output`).
 """
 
 SECTION = """

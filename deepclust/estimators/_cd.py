@@ -7,12 +7,14 @@ from numbers import Integral, Real
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from deepclust.estimators._base import (
     SHARED_CONSTRAINTS,
     BaseDeepEstimator,
     Float32TransformerMixin,
 )
+from deepclust.estimators._config import resolve_transform_output
 from deepclust.losses import CDLoss
 from deepclust.objectives import CDObjective
 
@@ -47,9 +49,11 @@ class ContrastiveDisentangler(
         default differs: ``benchmarks/README.md``).
     entropy_weight : float, default=1.0
         alpha, the weight of the normalised binary entropy term.
-    transform_output : {"heads", "embedding"}, default="heads"
+    transform_output : {"auto", "heads", "embedding"}, default="auto"
         What ``transform`` returns: head activations (n_samples, n_heads) or backbone
-        embeddings (n_samples, backbone_dim).
+        embeddings (n_samples, backbone_dim). "auto": the heads, except with an
+        ``encoder``, where the backbone output is the better input for KMeans
+        (:doc:`/user_guide/auto_choices`).
     encoder : None, str or callable, default=None
         A frozen pretrained image encoder whose embeddings the heads train on,
         instead of a network trained on the pixels (the way to cluster photos
@@ -226,7 +230,7 @@ callable, default="auto"
         instance_temperature=0.5,
         feature_temperature=0.3,
         entropy_weight=1.0,
-        transform_output="heads",
+        transform_output="auto",
         encoder=None,
         encoder_weights=None,
         backbone="auto",
@@ -297,7 +301,7 @@ callable, default="auto"
         self.verbose = verbose
         self.random_state = random_state
 
-    _transform_outputs = ("heads", "embedding")
+    _transform_outputs = ("auto", "heads", "embedding")
 
     _parameter_constraints: dict = {
         **SHARED_CONSTRAINTS,
@@ -325,6 +329,14 @@ callable, default="auto"
         )
         return CDObjective(loss, self._augment(), channels_last, pairs)
 
+    def _checked_transform_output(self) -> str:
+        """``transform_output`` with "auto" resolved for the fitted input."""
+        check_is_fitted(self, "net_")
+        return resolve_transform_output(
+            super()._checked_transform_output(),
+            has_encoder=getattr(self, "encoder_", None) is not None,
+        )
+
     def transform(self, X):
         """Head activations in (0, 1), or backbone embeddings.
 
@@ -337,7 +349,8 @@ callable, default="auto"
         -------
         X_new : ndarray of shape (n_samples, n_heads) or (n_samples, backbone_dim)
             float32, one row per input in input order (NaN rows for image files
-            that could not be read); see ``transform_output``.
+            that could not be read); see ``transform_output``: the heads, or
+            with an ``encoder`` the backbone output, unless set otherwise.
         """
         if self._checked_transform_output() == "embedding":
             return self.embed(X)

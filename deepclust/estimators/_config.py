@@ -28,6 +28,7 @@ __all__ = [
     "auto_choices_table",
     "resolve_encoder_image_size",
     "resolve_head_selection",
+    "resolve_transform_output",
     "resolve_image_size",
     "resolve_runtime",
     "resolve_training_config",
@@ -90,6 +91,12 @@ IMAGE_HEAD_SELECTION = "loss"
 # one vote per head, with soft ties (at the training temperature, 0.2, it lost
 # 4.5 points of Fashion-MNIST ACC over 3 seeds; 0.02-0.05 alike).
 ENSEMBLE_TEMPERATURE = 0.05
+# CD's transform_output="auto": KMeans on the heads of CD trained on an
+# encoder's embeddings loses to KMeans on its backbone output (Fashion-MNIST:
+# about a point of ACC; 2 photographs: 0.658 against 1.000): 128 balanced,
+# decorrelated heads spread few groups over many features (benchmarks/README.md).
+ENCODER_TRANSFORM_OUTPUT = "embedding"
+PIXEL_TRANSFORM_OUTPUT = "heads"
 # CDC: neighbours are mined from this share of the clustering epochs on (never
 # in the first epoch), every few epochs, and only up to this many samples (a bank
 # holds N x heads x clusters codes, and mining compares all N samples).
@@ -445,6 +452,21 @@ def resolve_head_selection(selection: str, heads_input_kind: str) -> str:
     if heads_input_kind == "tabular":
         return FEATURE_HEAD_SELECTION
     return IMAGE_HEAD_SELECTION
+
+
+def resolve_transform_output(requested: str, has_encoder: bool) -> str:
+    """What CD's ``transform_output="auto"`` means for a fitted estimator.
+
+    Examples
+    --------
+    >>> [resolve_transform_output("auto", encoder) for encoder in (True, False)]
+    ['embedding', 'heads']
+    >>> resolve_transform_output("heads", True)
+    'heads'
+    """
+    if requested != "auto":
+        return requested
+    return ENCODER_TRANSFORM_OUTPUT if has_encoder else PIXEL_TRANSFORM_OUTPUT
 
 
 def _neighbor_start(params, data: InputDescription, max_epochs) -> int | None:

@@ -161,3 +161,25 @@ def test_one_onnx_file_runs_encoder_and_heads(images, mobilenet, tmp_path):
     np.testing.assert_allclose(
         clusterer.predict_proba(X), cdc.predict_proba(X), atol=1e-4
     )
+
+
+def test_cd_transform_auto_gives_the_backbone_output_with_an_encoder(images, tmp_path):
+    # Check that CD's transform_output="auto" returns the backbone output when
+    # the heads train on an encoder's embeddings and the heads without one, that
+    # an explicit choice wins, and that the ONNX export returns the same.
+    from deepclust.onnx import OnnxClusterer
+
+    X, _ = images
+    cd = ContrastiveDisentangler(n_heads=8, encoder=TinyEncoder, **SMALL).fit(X)
+    width = cd.net_.module_.embedding_dim
+    assert width != 8
+    embedding = cd.transform(X)
+    assert embedding.shape == (len(X), width)
+    assert len(cd.get_feature_names_out()) == width
+    np.testing.assert_array_equal(embedding, cd.embed(X))
+    onnx = OnnxClusterer(cd.export_onnx(tmp_path / "cd.onnx"))
+    assert onnx.metadata["transform_output"] == "embedding"
+    np.testing.assert_allclose(onnx.transform(X), embedding, atol=1e-4)
+    assert cd.set_params(transform_output="heads").transform(X).shape == (len(X), 8)
+    pixels = ContrastiveDisentangler(n_heads=8, **SMALL).fit(X)
+    assert pixels.transform(X).shape == (len(X), 8)
