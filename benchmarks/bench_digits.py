@@ -224,12 +224,7 @@ def _head_choices(cdc, images, labels):
         projections, embedding = cdc.net_.outputs(
             source, ["all_projections", "embedding"], cdc.predict_batch_size
         )
-        # The refit takes the heads in training order: undo the kept head's move.
-        columns = np.arange(projections.shape[1])
-        kept = columns[cdc.selected_head_ * k : (cdc.selected_head_ + 1) * k].copy()
-        columns[cdc.selected_head_ * k : (cdc.selected_head_ + 1) * k] = columns[:k]
-        columns[:k] = kept
-        cdc._refit_to_heads_ensemble(projections[:, columns], embedding)
+        cdc._refit_to_heads_ensemble(projections, embedding)
         cdc._fill_empty_clusters(source)
         yield "  heads: ensemble", cdc.predict(images)
 

@@ -583,21 +583,18 @@ callable, default="auto"
         regression on the shared hidden layer then learns that partition, and
         its coefficients become head 0's rows, so that ``predict`` and the ONNX
         export need nothing but the network. ``projections`` and ``embedding``
-        are the readable training samples' outputs before the kept head was
-        moved first.
+        are the readable training samples' outputs, in any order of the heads
+        (k-means on the concatenation does not depend on it).
         """
         from sklearn.cluster import KMeans
         from sklearn.linear_model import LogisticRegression
 
         model = self.net_.unwrapped_module()
-        # The heads in the order of the network, whose head 0 is now the kept one.
-        order = np.arange(self.n_cluster_heads)
-        order[[0, self.selected_head_]] = order[[self.selected_head_, 0]]
         with torch.no_grad():
             clusters, _ = split_heads(
                 torch.from_numpy(projections), self.n_clusters, self.n_cluster_heads
             )
-            proba = torch.softmax(clusters[order] / ENSEMBLE_TEMPERATURE, dim=-1)
+            proba = torch.softmax(clusters / ENSEMBLE_TEMPERATURE, dim=-1)
             parameter = model.head.output_layer.weight
             hidden = model.head.hidden(torch.from_numpy(embedding).to(parameter))
         # An integer random_state makes the partition reproducible; a
